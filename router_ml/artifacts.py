@@ -1,0 +1,87 @@
+"""A policy on disk: one folder that holds everything needed to route again.
+
+::
+
+    policy/
+      model.vw        VW model bytes
+      catalog.toml    the models, in the order the policy's actions use
+      features.json   feature config and embedding width
+      centroids.npz   k-means centroids of each granularity
+      policy.json     learner config, embedder name and path, update count, parent version
+
+The folder is written atomically: a crash leaves either the old folder or the new one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router_ml.atomic import atomic_write_dir
+from router_ml.catalog import Catalog
+from router_ml.features import Featurizer
+from router_ml.policy import Policy, PolicyConfig
+
+FILES = ("model.vw", "catalog.toml", "features.json", "centroids.npz", "policy.json")
+
+
+@dataclass
+class PolicyArtifact:
+    """A policy plus the metadata that travels with it."""
+
+    policy: Policy
+    embedder: str
+    embedder_path: str | None = None
+    parent_version: str | None = None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the folder atomically and return its path."""
+
+        def write(tmp: Path) -> None:
+            (tmp / "model.vw").write_bytes(self.policy.model_bytes())
+            (tmp / "catalog.toml").write_text(self.policy.catalog.to_toml(), encoding="utf-8")
+            (tmp / "features.json").write_text(self.policy.featurizer.to_json(), encoding="utf-8")
+            buf = io.BytesIO()
+            np.savez(buf, **self.policy.featurizer.centroid_arrays())  # type: ignore[arg-type]
+            (tmp / "centroids.npz").write_bytes(buf.getvalue())
+            meta: dict[str, Any] = {
+                "config": json.loads(self.policy.config.to_json()),
+                "embedder": self.embedder,
+                "embedder_path": self.embedder_path,
+                "updates": self.policy.updates,
+                "parent_version": self.parent_version,
+            }
+            (tmp / "policy.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+        atomic_write_dir(path, write)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolicyArtifact:
+        """Read a folder written by :meth:`save`."""
+        root = Path(path)
+        missing = [f for f in FILES if not (root / f).exists()]
+        if missing:
+            raise FileNotFoundError(f"policy folder {root} is missing {', '.join(missing)}")
+        meta = json.loads((root / "policy.json").read_text(encoding="utf-8"))
+        with np.load(root / "centroids.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        featurizer = Featurizer.from_parts((root / "features.json").read_text(encoding="utf-8"), arrays)
+        policy = Policy(
+            Catalog.load(root / "catalog.toml"),
+            featurizer,
+            PolicyConfig(**meta["config"]),
+            model_bytes=(root / "model.vw").read_bytes(),
+        )
+        policy.updates = int(meta.get("updates", 0))
+        return cls(
+            policy=policy,
+            embedder=str(meta["embedder"]),
+            embedder_path=meta.get("embedder_path"),
+            parent_version=meta.get("parent_version"),
+        )

@@ -1,0 +1,202 @@
+"""The ``router-ml`` command line: a thin layer that parses flags and calls the pipelines.
+
+Training-side commands live in :mod:`training.pipelines`, which it imports only when a command runs.
+Every failure the user can fix (bad data, bad flags, unknown version) ends with one ``error:`` line
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from router_ml import settings
+from router_ml.features import FeatureConfig
+from router_ml.policy import PolicyConfig
+
+
+def _policy_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("policy")
+    g.add_argument("--lam", type=float, default=0.05, help="quality given up per USD per 1,000 requests (default 0.05)")
+    g.add_argument("--exploration", choices=["squarecb", "epsilon"], default="squarecb")
+    g.add_argument("--epsilon", type=float, default=0.05, help="exploration rate for --exploration epsilon")
+    g.add_argument("--gamma-scale", type=float, default=10.0, help="SquareCB greediness (higher explores less)")
+    g.add_argument("--learning-rate", type=float, default=0.5)
+    g.add_argument("--bits", type=int, default=20, help="VW hash table size, log2")
+    g.add_argument("--passes", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    f = p.add_argument_group("features")
+    f.add_argument("--clusters", default="8,32,128", help="k-means granularities, comma-separated ('' for none)")
+    f.add_argument("--no-embedding", action="store_true", help="leave the raw embedding out of the features")
+    f.add_argument("--interactions", default="cm,em,cp", help="shared x action namespace pairs for VW -q")
+    e = p.add_argument_group("embedder")
+    e.add_argument("--embedder", default=None, help="local sentence-transformers folder (default: packaged MiniLM)")
+    e.add_argument("--threads", type=int, default=None, help="torch threads (default $ROUTER_ML_TORCH_THREADS or 1)")
+    e.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or local)")
+
+
+def _configs(args: argparse.Namespace) -> tuple[PolicyConfig, FeatureConfig]:
+    config = PolicyConfig(
+        lam=args.lam,
+        exploration=args.exploration,
+        epsilon=args.epsilon,
+        gamma_scale=args.gamma_scale,
+        learning_rate=args.learning_rate,
+        bits=args.bits,
+        seed=args.seed,
+    )
+    features = FeatureConfig.parse(args.clusters, not args.no_embedding, args.interactions, seed=args.seed)
+    return config, features
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their flags."""
+    parser = argparse.ArgumentParser(prog="router-ml", description="A learned, cost-aware LLM router.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("catalog", help="write a catalog TOML from a price list CSV")
+    p.add_argument("--prices", type=Path, default=settings.default_prices())
+    p.add_argument("-o", "--out", type=Path, default=settings.default_catalog())
+
+    p = sub.add_parser("simulate", help="turn a benchmark into logged traffic with known propensities")
+    p.add_argument("--benchmark", type=Path, default=settings.default_benchmark())
+    p.add_argument("--events", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logging", choices=["uniform", "epsilon-greedy"], default="uniform")
+    p.add_argument("--greedy-model", default=None, help="the fixed model of --logging epsilon-greedy")
+    p.add_argument("--epsilon", type=float, default=0.1)
+    p.add_argument("-o", "--out", type=Path, required=True)
+
+    p = sub.add_parser("train", help="learn a policy from logged traffic and register it in MLflow")
+    p.add_argument("--logs", type=Path, required=True)
+    p.add_argument("--catalog", type=Path, default=settings.default_catalog())
+    p.add_argument("--promote", action="store_true", help="also point the champion alias at the new version")
+    _policy_flags(p)
+
+    p = sub.add_parser("demo", help="the main job: split, simulate, train, register, replay on held-out prompts")
+    p.add_argument(
+        "--benchmark",
+        type=Path,
+        default=settings.default_benchmark(),
+        help=f"benchmark Parquet (default ${settings.BENCHMARK_ENV} or the shared MMLU-Pro file)",
+    )
+    p.add_argument("--catalog", type=Path, default=None, help="default: <benchmark>_prices.csv, else estimated")
+    p.add_argument("--events-per-prompt", type=float, default=4.0)
+    p.add_argument("--out", type=Path, default=None, help="output folder (default $ROUTER_ML_HOME/demo)")
+    _policy_flags(p)
+
+    p = sub.add_parser("promote", help="point an alias (default champion) at a version")
+    p.add_argument("version")
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--tracking-uri", default=None)
+
+    p = sub.add_parser("versions", help="list registered policy versions")
+    p.add_argument("--tracking-uri", default=None)
+
+    p = sub.add_parser("route", help="route prompts with a policy (version, alias or folder), greedily")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--policy", default="champion")
+    p.add_argument("--tracking-uri", default=None)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from router_ml.catalog import Catalog
+    from router_ml.registry import PolicyRegistry
+    from training import pipelines
+
+    if args.command == "catalog":
+        catalog = Catalog.from_prices_csv(args.prices)
+        catalog.save(args.out)
+        print(f"wrote {len(catalog)} models to {args.out}")
+        return 0
+    if args.command == "simulate":
+        logging = pipelines.logging_policy(args.logging, args.greedy_model, args.epsilon)
+        logs = pipelines.run_simulate(args.benchmark, args.events, args.seed, args.out, logging)
+        print(f"wrote {logs.height} events ({logging.name}) to {args.out}")
+        return 0
+    registry = PolicyRegistry(args.tracking_uri)
+    if args.command in ("train", "demo"):
+        config, features = _configs(args)
+        emb = pipelines.EmbedderOptions(args.embedder, args.threads, args.batch_size)
+    if args.command == "train":
+        outcome = pipelines.run_train(
+            args.logs,
+            catalog=Catalog.load(args.catalog),
+            config=config,
+            features=features,
+            passes=args.passes,
+            embedder=emb,
+            registry=registry,
+        )
+        r = outcome.report
+        print(
+            f"learned from {r.n_events} events ({r.n_ungraded} ungraded skipped) at {r.events_per_second:,.0f} events/s"
+        )
+        print(f"progressive SNIPS: quality {r.progressive_quality:.4f}, cost ${r.progressive_cost_usd * 1000:.4f}/1k")
+        print(f"registered {outcome.version.name} version {outcome.version.version} (run {outcome.version.run_id})")
+        if args.promote:
+            registry.promote(outcome.version.version)
+            print(f"version {outcome.version.version} is now champion")
+        return 0
+    if args.command == "demo":
+        out = args.out or settings.home() / "demo"
+        report = pipelines.run_demo(
+            args.benchmark,
+            out_dir=out,
+            events_per_prompt=args.events_per_prompt,
+            config=config,
+            features=features,
+            passes=args.passes,
+            embedder=emb,
+            registry=registry,
+            catalog_path=args.catalog,
+            seed=args.seed,
+        )
+        print(pipelines.format_holdout(report))
+        print(f"\nregistered version {report['version']}; report in {out / 'report.json'}")
+        return 0
+    if args.command == "promote":
+        info = registry.promote(args.version, args.alias)
+        print(f"{info.name} version {info.version} is now '{args.alias}'")
+        return 0
+    if args.command == "versions":
+        for v in registry.versions():
+            print(f"{v.version:>4}  {','.join(v.aliases) or '-':<12} run {v.run_id}  {json.dumps(v.tags)}")
+        return 0
+    if args.command == "route":
+        from router_ml.registry import load_policy
+        from router_ml.router import Router
+
+        artifact, version = load_policy(args.policy, registry)
+        router = Router.from_artifact(artifact, version=version)
+        for prompt, (model, prob) in zip(args.prompts, router.choose_greedy(args.prompts)):
+            print(
+                json.dumps({"prompt": prompt[:60], "model": model, "probability": round(prob, 4), "version": version})
+            )
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``router-ml`` console script."""
+    from router_ml.catalog import CatalogError
+    from router_ml.contracts import DataValidationError
+    from router_ml.registry import RegistryError
+
+    args = build_parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        return _run(args)
+    except (DataValidationError, CatalogError, RegistryError, ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The routing policy: a Vowpal Wabbit ``--cb_explore_adf`` model with one action per catalog model.
+
+Reward is ``quality - lam * cost_per_1k`` where ``cost_per_1k`` is the call's cost in USD per 1,000
+requests. So ``lam`` reads as *how much quality (on the 0-1 scale) you would give up to save one
+dollar per thousand requests*: with ``lam = 0.05``, paying $2 more per 1,000 requests must buy at
+least 0.1 more quality. VW minimises cost, so it is fed ``-reward``.
+
+Like river's estimators the policy has ``predict_one`` and ``learn_one``; the model itself is plain
+bytes (:meth:`Policy.model_bytes`), and :mod:`router_ml.artifacts` stores it with its catalog and
+features.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+import vowpal_wabbit_next as vw
+
+from router_ml.catalog import Catalog
+from router_ml.features import FeatureGroup, Featurizer, action_features
+
+Exploration = Literal["squarecb", "epsilon"]
+Floats = Sequence[float] | npt.NDArray[np.float64]
+
+
+def _action_probs(prediction: object) -> list[tuple[int, float]]:
+    """VW's ``cb_explore_adf`` prediction: (position among the offered actions, probability), sorted by probability."""
+    return [(int(a), float(p)) for a, p in cast(list[tuple[int, float]], prediction)]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Learner settings. ``lam`` is quality per USD per 1,000 requests (see the module docstring)."""
+
+    lam: float = 0.05
+    exploration: Exploration = "squarecb"
+    epsilon: float = 0.05
+    gamma_scale: float = 10.0
+    learning_rate: float = 0.5
+    bits: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"policy: 'lam' must be a finite number >= 0, got {self.lam}")
+        if self.exploration not in ("squarecb", "epsilon"):
+            raise ValueError(f"policy: 'exploration' must be 'squarecb' or 'epsilon', got {self.exploration!r}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"policy: 'epsilon' must lie in [0, 1], got {self.epsilon}")
+        if self.gamma_scale <= 0 or self.learning_rate <= 0:
+            raise ValueError("policy: 'gamma_scale' and 'learning_rate' must be > 0")
+        if not 10 <= self.bits <= 28:
+            raise ValueError(f"policy: 'bits' must lie in [10, 28], got {self.bits}")
+
+    def reward(self, quality: float, cost_usd: float) -> float:
+        """``quality - lam * 1000 * cost_usd``."""
+        return quality - self.lam * 1000.0 * cost_usd
+
+    def vw_args(self, interactions: Sequence[str]) -> list[str]:
+        """The VW command line for these settings."""
+        args = ["--cb_explore_adf", "--quiet", "-b", str(self.bits), "-l", str(self.learning_rate)]
+        args += ["--random_seed", str(self.seed)]
+        if self.exploration == "squarecb":
+            args += ["--squarecb", "--gamma_scale", str(self.gamma_scale)]
+        else:
+            args += ["--epsilon", str(self.epsilon)]
+        for pair in interactions:
+            args += ["-q", pair]
+        return args
+
+    def to_json(self) -> str:
+        """JSON form, for artifacts and MLflow params."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> PolicyConfig:
+        """Inverse of :meth:`to_json`."""
+        data: dict[str, Any] = json.loads(text)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One routing decision: the chosen model, the probability it was chosen with, and the full distribution."""
+
+    model: str
+    probability: float
+    distribution: dict[str, float]
+
+    def ranking(self) -> list[str]:
+        """Models with non-zero probability, most likely first (for fallback)."""
+        return [m for m, p in sorted(self.distribution.items(), key=lambda kv: -kv[1]) if p > 0]
+
+
+class Policy:
+    """A contextual-bandit router over a :class:`Catalog`."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        featurizer: Featurizer,
+        config: PolicyConfig,
+        *,
+        model_bytes: bytes | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.featurizer = featurizer
+        self.config = config
+        args = config.vw_args(featurizer.config.interactions)
+        self._ws = vw.Workspace(args, model_data=model_bytes) if model_bytes else vw.Workspace(args)
+        self._actions = action_features(catalog.names, [m.blended_usd_per_mtok for m in catalog.models])
+        self.updates = 0
+        self._offered: dict[tuple[str, ...] | None, list[int]] = {}
+
+    # -- examples -------------------------------------------------------------------------------
+    @staticmethod
+    def _example(groups: dict[str, FeatureGroup], label: vw.CBLabel) -> vw.Example:
+        ex = vw.Example()
+        for ns, (idx, val) in groups.items():
+            ex[ns].push_many_features(idx, val)  # type: ignore[arg-type]  # vw-next's stub mistypes ndarray
+        ex.set_label(label)
+        return ex
+
+    def _multi(
+        self,
+        shared: dict[str, FeatureGroup],
+        actions: Sequence[int],
+        chosen: int | None = None,
+        label: tuple[float, float] | None = None,
+    ) -> list[vw.Example]:
+        exs = [self._example(shared, vw.CBLabel(shared=True))]
+        for pos, a in enumerate(actions):
+            lab = vw.CBLabel(label=label) if label is not None and pos == chosen else vw.CBLabel()
+            exs.append(self._example(self._actions[a], lab))
+        return exs
+
+    def _candidate_indices(self, candidates: Sequence[str] | None) -> list[int]:
+        key = tuple(candidates) if candidates is not None else None
+        if key not in self._offered:
+            if key is None:
+                self._offered[key] = list(range(len(self.catalog)))
+            elif not key:
+                raise ValueError("policy: 'candidates' must name at least one model")
+            else:
+                self.catalog.require(key, "policy: 'candidates'")
+                self._offered[key] = [self.catalog.index(c) for c in dict.fromkeys(key)]
+        return self._offered[key]
+
+    # -- predict / learn ------------------------------------------------------------------------
+    def predict_many(
+        self, embeddings: npt.NDArray[np.float32], candidates: Sequence[str] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """Action distributions, shape ``(n, len(catalog))`` in catalog order; non-candidates get 0."""
+        actions = self._candidate_indices(candidates)
+        out = np.zeros((embeddings.shape[0], len(self.catalog)), dtype=np.float64)
+        for i, shared in enumerate(self.featurizer.shared(embeddings)):
+            pred = self._ws.predict_one(self._multi(shared, actions))
+            for pos, prob in _action_probs(pred):
+                out[i, actions[pos]] = prob
+        return out
+
+    def predict_one(
+        self, embedding: npt.NDArray[np.float32], candidates: Sequence[str] | None = None
+    ) -> dict[str, float]:
+        """The full distribution over the catalog (catalog order) for one prompt embedding."""
+        probs = self.predict_many(embedding.reshape(1, -1), candidates)[0]
+        return dict(zip(self.catalog.names, probs.tolist()))
+
+    def decide(
+        self, embedding: npt.NDArray[np.float32], rng: np.random.Generator, candidates: Sequence[str] | None = None
+    ) -> Decision:
+        """Sample a model from the distribution; the decision carries its probability for off-policy use."""
+        dist = self.predict_one(embedding, candidates)
+        probs = np.fromiter(dist.values(), dtype=np.float64)
+        choice = int(rng.choice(len(probs), p=probs / probs.sum()))
+        model = self.catalog.names[choice]
+        return Decision(model=model, probability=dist[model], distribution=dist)
+
+    def learn_one(
+        self,
+        embedding: npt.NDArray[np.float32],
+        model: str,
+        quality: float,
+        cost_usd: float,
+        propensity: float,
+        candidates: Sequence[str] | None = None,
+    ) -> None:
+        """Learn from one graded decision: ``model`` was chosen with ``propensity`` among ``candidates``."""
+        self.learn_many(embedding.reshape(1, -1), [model], [quality], [cost_usd], [propensity], [candidates])
+
+    def learn_many(
+        self,
+        embeddings: npt.NDArray[np.float32],
+        models: Sequence[str],
+        qualities: Floats,
+        costs: Floats,
+        propensities: Floats,
+        candidates: Sequence[Sequence[str] | None],
+    ) -> npt.NDArray[np.float64]:
+        """Learn from graded decisions in order (one VW update each).
+
+        Returns, per event, the probability the policy gave the logged model *before* learning from
+        it: progressive validation, the input of an honest running off-policy estimate.
+        """
+        n = embeddings.shape[0]
+        if not (len(models) == len(qualities) == len(costs) == len(propensities) == len(candidates) == n):
+            raise ValueError("policy: learn_many needs one model, quality, cost, propensity and candidate set per row")
+        rows = [self._checked(models[i], qualities[i], costs[i], propensities[i], candidates[i]) for i in range(n)]
+        before = np.zeros(n, dtype=np.float64)
+        for i, (shared, (actions, pos, vw_cost, p)) in enumerate(zip(self.featurizer.shared(embeddings), rows)):
+            pred = self._ws.predict_then_learn_one(self._multi(shared, actions, pos, (vw_cost, p)))
+            before[i] = next((prob for a, prob in _action_probs(pred) if a == pos), 0.0)
+            self.updates += 1
+        return before
+
+    def _checked(
+        self, model: str, quality: float, cost: float, propensity: float, candidates: Sequence[str] | None
+    ) -> tuple[list[int], int, float, float]:
+        """Validate one event before anything is learned: (offered actions, chosen position, VW cost, propensity)."""
+        q, c, p = float(quality), float(cost), float(propensity)
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"policy: 'quality' must lie in [0, 1], got {q}")
+        if not (np.isfinite(c) and c >= 0):
+            raise ValueError(f"policy: 'cost_usd' must be a finite number >= 0, got {c}")
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"policy: 'propensity' must lie in (0, 1], got {p}")
+        if model not in self.catalog:
+            raise ValueError(f"policy: 'model' {model!r} is not in the catalog")
+        actions = self._candidate_indices(candidates)
+        chosen = self.catalog.index(model)
+        if chosen not in actions:
+            raise ValueError(f"policy: chosen model '{model}' is not among the candidates")
+        return actions, actions.index(chosen), -self.config.reward(q, c), p
+
+    # -- persistence ----------------------------------------------------------------------------
+    def model_bytes(self) -> bytes:
+        """The VW model as bytes."""
+        return self._ws.serialize()
+
+    def with_catalog(self, catalog: Catalog) -> Policy:
+        """The same learned weights over a new catalog: known models keep what they learned, new ones are explored."""
+        return Policy(catalog, self.featurizer, self.config, model_bytes=self.model_bytes())

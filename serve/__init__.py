@@ -1,0 +1,1 @@
+"""The HTTP routing service (tracked as its own issue); it will stand on router_ml, never on training."""

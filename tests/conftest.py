@@ -1,0 +1,71 @@
+"""Shared fixtures: small real slices of the shared benchmark, a real MiniLM embedder with a temp cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from router_ml import settings
+from router_ml.embed import CachedEmbedder, EmbeddingCache, SentenceTransformerEmbedder
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def shared_benchmark() -> Path:
+    path = settings.default_benchmark()
+    if not path.exists():
+        pytest.fail(f"the shared benchmark is missing at {path}; CI runs with ../shared beside the clone")
+    return path
+
+
+def slice_benchmark(source: Path, n_prompts: int, dest: Path, *, models: list[str] | None = None) -> Path:
+    """The first ``n_prompts`` prompt ids (sorted) of a benchmark, written as a real Parquet file."""
+    df = pl.read_parquet(source)
+    ids = df["prompt_id"].unique().sort().head(n_prompts)
+    df = df.filter(pl.col("prompt_id").is_in(ids.implode()))
+    if models is not None:
+        df = df.filter(pl.col("model").is_in(models))
+    df.write_parquet(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def small_benchmark(shared_benchmark: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 prompts x 31 models."""
+    return slice_benchmark(shared_benchmark, 120, tmp_path_factory.mktemp("bench") / "small.parquet")
+
+
+@pytest.fixture(scope="session")
+def learning_benchmark(shared_benchmark: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 prompts x 31 models: enough for a policy to learn something real."""
+    return slice_benchmark(shared_benchmark, 600, tmp_path_factory.mktemp("bench") / "learning.parquet")
+
+
+@pytest.fixture(scope="session")
+def embedding_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embcache")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(threads=1)
+
+
+@pytest.fixture(scope="session")
+def embedder(minilm: SentenceTransformerEmbedder, embedding_cache_dir: Path) -> CachedEmbedder:
+    """The real packaged MiniLM behind a session-wide cache (each test prompt is embedded once per run)."""
+    return CachedEmbedder(minilm, EmbeddingCache(embedding_cache_dir / "embeddings.sqlite"))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedding_cache_dir: Path) -> Path:
+    """A fresh ROUTER_ML_HOME (own MLflow store) that shares the session's embedding cache."""
+    monkeypatch.setenv(settings.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "embeddings.sqlite").symlink_to(embedding_cache_dir / "embeddings.sqlite")
+    return tmp_path / "home"

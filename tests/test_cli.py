@@ -1,0 +1,91 @@
+"""The router-ml command line end to end on real files and a real MLflow store; bad input exits 2, naming the field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from router_ml import settings
+from router_ml.cli import main
+from router_ml.registry import PolicyRegistry
+
+SMALL_FEATURES = ["--clusters", "4,8"]
+
+
+def test_simulate_train_promote_route(
+    home: Path, small_benchmark: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs = tmp_path / "logs.parquet"
+    assert (
+        main(["simulate", "--benchmark", str(small_benchmark), "--events", "800", "--seed", "4", "-o", str(logs)]) == 0
+    )
+    assert pl.read_parquet(logs).height == 800
+    assert main(["train", "--logs", str(logs), *SMALL_FEATURES, "--lam", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "registered router-ml version 1" in out
+    assert (home / "mlflow.db").exists(), "the default store is project-local"
+    assert main(["promote", "1"]) == 0
+    assert main(["versions"]) == 0
+    assert "champion" in capsys.readouterr().out
+    assert main(["route", "--policy", "champion", "What is 2+2?"]) == 0
+    routed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert routed["version"] == "1"
+    assert routed["model"] in PolicyRegistry().load("1")[0].policy.catalog.names
+
+
+def test_demo_trains_registers_and_reports(
+    home: Path, small_benchmark: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["demo", "--benchmark", str(small_benchmark), "--events-per-prompt", "3", *SMALL_FEATURES])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "held-out replay" in out and "best" not in out.splitlines()[0]
+    report = json.loads((home / "demo" / "report.json").read_text())
+    assert report["version"] == "1"
+    assert report["n_prompts"] > 0
+    assert PolicyRegistry().resolve("champion").version == "1", "the first version becomes champion"
+
+
+def test_benchmark_path_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(settings.BENCHMARK_ENV, str(tmp_path / "b.parquet"))
+    assert settings.default_benchmark() == tmp_path / "b.parquet"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda df: df.with_columns(pl.lit(1.7).alias("propensity")), "'propensity' must lie in (0, 1]"),
+        (lambda df: df.drop("candidates"), "'candidates' is missing"),
+        (lambda df: df.with_columns(pl.lit("gpt-5").alias("model")), "'model' is not among"),
+    ],
+)
+def test_bad_logs_exit_2_with_the_column_named(
+    home: Path, small_benchmark: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, fragment: str
+) -> None:
+    logs = tmp_path / "logs.parquet"
+    main(["simulate", "--benchmark", str(small_benchmark), "--events", "50", "-o", str(logs)])
+    mutate(pl.read_parquet(logs)).write_parquet(logs)
+    assert main(["train", "--logs", str(logs), *SMALL_FEATURES]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err
+    assert PolicyRegistry().versions() == [], "nothing was registered"
+
+
+def test_unknown_version_and_missing_file(home: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["promote", "7"]) == 2
+    assert "no version or alias '7'" in capsys.readouterr().err
+    assert (
+        main(["simulate", "--benchmark", str(tmp_path / "x.parquet"), "--events", "5", "-o", str(tmp_path / "o")]) == 2
+    )
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    done = subprocess.run([Path(sys.executable).with_name("router-ml"), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert "simulate" in done.stdout and "train" in done.stdout and "demo" in done.stdout
