@@ -11,12 +11,17 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from router_ml import settings
 from router_ml.features import FeatureConfig
 from router_ml.policy import PolicyConfig
+
+if TYPE_CHECKING:
+    from router_ml.registry import PolicyRegistry
+    from training.pipelines import EmbedderOptions
 
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
@@ -90,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output folder (default $ROUTER_ML_HOME/demo)")
     _policy_flags(p)
 
+    p = sub.add_parser("split", help="split a benchmark's prompts into TRAIN and TEST files by a hash of prompt_id")
+    p.add_argument("--benchmark", type=Path, default=settings.default_benchmark())
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--salt", default="", help="changes which prompts land in TEST")
+    p.add_argument("--train-out", type=Path, required=True)
+    p.add_argument("--test-out", type=Path, required=True)
+
+    p = sub.add_parser("benchmark", help="the end-to-end protocol: bandit learning on TRAIN, exact replay on TEST")
+    p.add_argument("--train", type=Path, required=True, help="TRAIN benchmark (long format)")
+    p.add_argument("--test", type=Path, required=True, help="TEST benchmark (long format)")
+    p.add_argument("--json", type=Path, required=True, help="where to write the results")
+    p.add_argument("--plot", type=Path, default=None, help="where to draw the frontiers (PNG)")
+    p.add_argument(
+        "--catalog", type=Path, default=None, help="default: <train>_prices.csv, the shared prices, or estimated"
+    )
+    p.add_argument("--events-per-prompt", type=float, default=12.0)
+    p.add_argument("--lams", default=None, help="comma-separated lam values (default: a log sweep)")
+    p.add_argument("--knn-k", type=int, default=20)
+    p.add_argument("--modes", default="online,offline")
+    p.add_argument("--workers", type=int, default=2, help="policies trained in parallel")
+    _policy_flags(p)
+
     p = sub.add_parser("promote", help="point an alias (default champion) at a version")
     p.add_argument("version")
     p.add_argument("--alias", default="champion")
@@ -105,82 +132,137 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    from router_ml.catalog import Catalog
+def _registry(args: argparse.Namespace) -> PolicyRegistry:
     from router_ml.registry import PolicyRegistry
+
+    return PolicyRegistry(args.tracking_uri)
+
+
+def _embedder(args: argparse.Namespace) -> EmbedderOptions:
+    from training.pipelines import EmbedderOptions
+
+    return EmbedderOptions(args.embedder, args.threads, args.batch_size)
+
+
+def _cmd_catalog(args: argparse.Namespace) -> None:
+    from router_ml.catalog import Catalog
+
+    catalog = Catalog.from_prices_csv(args.prices)
+    catalog.save(args.out)
+    print(f"wrote {len(catalog)} models to {args.out}")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> None:
     from training import pipelines
 
-    if args.command == "catalog":
-        catalog = Catalog.from_prices_csv(args.prices)
-        catalog.save(args.out)
-        print(f"wrote {len(catalog)} models to {args.out}")
-        return 0
-    if args.command == "simulate":
-        logging = pipelines.logging_policy(args.logging, args.greedy_model, args.epsilon)
-        logs = pipelines.run_simulate(args.benchmark, args.events, args.seed, args.out, logging)
-        print(f"wrote {logs.height} events ({logging.name}) to {args.out}")
-        return 0
-    registry = PolicyRegistry(args.tracking_uri)
-    if args.command in ("train", "demo"):
-        config, features = _configs(args)
-        emb = pipelines.EmbedderOptions(args.embedder, args.threads, args.batch_size)
-    if args.command == "train":
-        outcome = pipelines.run_train(
-            args.logs,
-            catalog=Catalog.load(args.catalog),
-            config=config,
-            features=features,
-            passes=args.passes,
-            embedder=emb,
-            registry=registry,
-        )
-        r = outcome.report
-        print(
-            f"learned from {r.n_events} events ({r.n_ungraded} ungraded skipped) at {r.events_per_second:,.0f} events/s"
-        )
-        print(f"progressive SNIPS: quality {r.progressive_quality:.4f}, cost ${r.progressive_cost_usd * 1000:.4f}/1k")
-        print(f"registered {outcome.version.name} version {outcome.version.version} (run {outcome.version.run_id})")
-        if args.promote:
-            registry.promote(outcome.version.version)
-            print(f"version {outcome.version.version} is now champion")
-        return 0
-    if args.command == "demo":
-        out = args.out or settings.home() / "demo"
-        report = pipelines.run_demo(
-            args.benchmark,
-            out_dir=out,
-            events_per_prompt=args.events_per_prompt,
-            config=config,
-            features=features,
-            passes=args.passes,
-            embedder=emb,
-            registry=registry,
-            catalog_path=args.catalog,
-            seed=args.seed,
-        )
-        print(pipelines.format_holdout(report))
-        print(f"\nregistered version {report['version']}; report in {out / 'report.json'}")
-        return 0
-    if args.command == "promote":
-        info = registry.promote(args.version, args.alias)
-        print(f"{info.name} version {info.version} is now '{args.alias}'")
-        return 0
-    if args.command == "versions":
-        for v in registry.versions():
-            print(f"{v.version:>4}  {','.join(v.aliases) or '-':<12} run {v.run_id}  {json.dumps(v.tags)}")
-        return 0
-    if args.command == "route":
-        from router_ml.registry import load_policy
-        from router_ml.router import Router
+    logging = pipelines.logging_policy(args.logging, args.greedy_model, args.epsilon)
+    logs = pipelines.run_simulate(args.benchmark, args.events, args.seed, args.out, logging)
+    print(f"wrote {logs.height} events ({logging.name}) to {args.out}")
 
-        artifact, version = load_policy(args.policy, registry)
-        router = Router.from_artifact(artifact, version=version)
-        for prompt, (model, prob) in zip(args.prompts, router.choose_greedy(args.prompts)):
-            print(
-                json.dumps({"prompt": prompt[:60], "model": model, "probability": round(prob, 4), "version": version})
-            )
-        return 0
-    raise AssertionError(f"unhandled command {args.command}")
+
+def _cmd_split(args: argparse.Namespace) -> None:
+    from training.pipelines import run_split
+
+    n_train, n_test = run_split(args.benchmark, args.test_fraction, args.salt, args.train_out, args.test_out)
+    print(f"TRAIN {n_train} prompts -> {args.train_out}\nTEST {n_test} prompts -> {args.test_out}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from router_ml.catalog import Catalog
+    from training.pipelines import run_train
+
+    config, features = _configs(args)
+    registry = _registry(args)
+    outcome = run_train(
+        args.logs,
+        catalog=Catalog.load(args.catalog),
+        config=config,
+        features=features,
+        passes=args.passes,
+        embedder=_embedder(args),
+        registry=registry,
+    )
+    r = outcome.report
+    print(f"learned from {r.n_events} events ({r.n_ungraded} ungraded skipped) at {r.events_per_second:,.0f} events/s")
+    print(f"progressive SNIPS: quality {r.progressive_quality:.4f}, cost ${r.progressive_cost_usd * 1000:.4f}/1k")
+    print(f"registered {outcome.version.name} version {outcome.version.version} (run {outcome.version.run_id})")
+    if args.promote:
+        registry.promote(outcome.version.version)
+        print(f"version {outcome.version.version} is now champion")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from training.pipelines import format_holdout, run_demo
+
+    config, features = _configs(args)
+    out = args.out or settings.home() / "demo"
+    report = run_demo(
+        args.benchmark,
+        out_dir=out,
+        events_per_prompt=args.events_per_prompt,
+        config=config,
+        features=features,
+        passes=args.passes,
+        embedder=_embedder(args),
+        registry=_registry(args),
+        catalog_path=args.catalog,
+        seed=args.seed,
+    )
+    print(format_holdout(report))
+    print(f"\nregistered version {report['version']}; report in {out / 'report.json'}")
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> None:
+    from training.benchmark import BenchmarkConfig, format_table, run_benchmark, write_outputs
+
+    config, features = _configs(args)
+    bench_cfg = BenchmarkConfig(
+        policy=config,
+        features=features,
+        events_per_prompt=args.events_per_prompt,
+        knn_k=args.knn_k,
+        modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
+        seed=args.seed,
+        workers=args.workers,
+        **({"lams": tuple(float(x) for x in args.lams.split(","))} if args.lams else {}),
+    )
+    result = run_benchmark(args.train, args.test, bench_cfg, _embedder(args).build(), catalog_path=args.catalog)
+    write_outputs(result, args.json, args.plot)
+    print(format_table(result))
+    print(f"\n{result['seconds']:.0f} s; results in {args.json}" + (f", frontiers in {args.plot}" if args.plot else ""))
+
+
+def _cmd_promote(args: argparse.Namespace) -> None:
+    info = _registry(args).promote(args.version, args.alias)
+    print(f"{info.name} version {info.version} is now '{args.alias}'")
+
+
+def _cmd_versions(args: argparse.Namespace) -> None:
+    for v in _registry(args).versions():
+        print(f"{v.version:>4}  {','.join(v.aliases) or '-':<12} run {v.run_id}  {json.dumps(v.tags)}")
+
+
+def _cmd_route(args: argparse.Namespace) -> None:
+    from router_ml.registry import load_policy
+    from router_ml.router import Router
+
+    artifact, version = load_policy(args.policy, _registry(args))
+    router = Router.from_artifact(artifact, version=version)
+    for prompt, (model, prob) in zip(args.prompts, router.choose_greedy(args.prompts)):
+        print(json.dumps({"prompt": prompt[:60], "model": model, "probability": round(prob, 4), "version": version}))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "catalog": _cmd_catalog,
+    "simulate": _cmd_simulate,
+    "split": _cmd_split,
+    "train": _cmd_train,
+    "demo": _cmd_demo,
+    "benchmark": _cmd_benchmark,
+    "promote": _cmd_promote,
+    "versions": _cmd_versions,
+    "route": _cmd_route,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
-        return _run(args)
+        COMMANDS[args.command](args)
+        return 0
     except (DataValidationError, CatalogError, RegistryError, ValueError, FileNotFoundError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Learning a policy from logged traffic: embed the prompts (cached), fit the features, replay the events into VW."""
+"""Learning a policy: from logged traffic (embed the prompts, fit the features, replay the events into VW),
+or online, serving a stream of prompts and learning from each graded outcome as it comes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -15,6 +17,7 @@ from router_ml.catalog import Catalog
 from router_ml.contracts import graded_only
 from router_ml.embed import Embedder
 from router_ml.features import FeatureConfig, Featurizer
+from router_ml.fullinfo import FullInfo
 from router_ml.policy import Policy, PolicyConfig
 
 _CHUNK = 512
@@ -114,3 +117,48 @@ def train_policy(
         progressive_reward=float((w * np.array([config.reward(q, c) for q, c in zip(qualities, costs)])).sum() / norm),
     )
     return policy, report
+
+
+@dataclass(frozen=True)
+class OnlineLog:
+    """What an online run served: per event the prompt row, the chosen model index and its probability."""
+
+    rows: npt.NDArray[np.int64]
+    chosen: npt.NDArray[np.int64]
+    propensity: npt.NDArray[np.float64]
+    quality: npt.NDArray[np.float64]
+    cost: npt.NDArray[np.float64]
+
+
+def learn_online(
+    policy: Policy,
+    table: FullInfo,
+    embeddings: npt.NDArray[np.float32],
+    n_events: int,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> OnlineLog:
+    """Serve a seeded stream of prompts drawn uniformly from ``table``: decide (exploring), observe only the
+    chosen model's outcome, learn from it at once. The way the service runs, with the benchmark as the grader.
+
+    ``table.models`` must be the policy's catalog order and ``embeddings`` align with ``table.prompts``.
+    """
+    if table.models != policy.catalog.names:
+        raise ValueError("online: the table's models must be the policy's catalog, in order")
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(table.prompts), size=n_events)
+    chosen = np.empty(n_events, dtype=np.int64)
+    propensity = np.empty(n_events, dtype=np.float64)
+    offered = table.offered
+    names = policy.catalog.names
+    for i in tqdm(range(n_events), desc="online", unit="event", disable=not progress):
+        r = int(rows[i])
+        cands = None if offered[r].all() else [m for m, ok in zip(names, offered[r]) if ok]
+        decision = policy.decide(embeddings[r], rng, cands)
+        j = policy.catalog.index(decision.model)
+        chosen[i], propensity[i] = j, decision.probability
+        policy.learn_one(
+            embeddings[r], decision.model, table.quality[r, j], table.cost[r, j], decision.probability, cands
+        )
+    return OnlineLog(rows, chosen, propensity, table.quality[rows, chosen], table.cost[rows, chosen])

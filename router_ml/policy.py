@@ -26,6 +26,8 @@ from router_ml.features import FeatureGroup, Featurizer, action_features
 
 Exploration = Literal["squarecb", "epsilon"]
 Floats = Sequence[float] | npt.NDArray[np.float64]
+_NO_LABEL = vw.CBLabel()
+_SHARED = vw.CBLabel(shared=True)
 
 
 def _action_probs(prediction: object) -> list[tuple[int, float]]:
@@ -114,6 +116,9 @@ class Policy:
         args = config.vw_args(featurizer.config.interactions)
         self._ws = vw.Workspace(args, model_data=model_bytes) if model_bytes else vw.Workspace(args)
         self._actions = action_features(catalog.names, [m.blended_usd_per_mtok for m in catalog.models])
+        # Action examples never change, so they are built once; VW restores them after every call
+        # (shared features are merged in and taken out again), and only their labels are reset.
+        self._action_examples = [self._example(a, _NO_LABEL) for a in self._actions]
         self.updates = 0
         self._offered: dict[tuple[str, ...] | None, list[int]] = {}
 
@@ -126,18 +131,25 @@ class Policy:
         ex.set_label(label)
         return ex
 
-    def _multi(
-        self,
-        shared: dict[str, FeatureGroup],
-        actions: Sequence[int],
-        chosen: int | None = None,
-        label: tuple[float, float] | None = None,
-    ) -> list[vw.Example]:
-        exs = [self._example(shared, vw.CBLabel(shared=True))]
-        for pos, a in enumerate(actions):
-            lab = vw.CBLabel(label=label) if label is not None and pos == chosen else vw.CBLabel()
-            exs.append(self._example(self._actions[a], lab))
-        return exs
+    def _run(
+        self, shared: dict[str, FeatureGroup], actions: list[int], learn: tuple[int, float, float] | None = None
+    ) -> list[tuple[int, float]]:
+        """Predict (or predict-then-learn, with ``(chosen position, VW cost, propensity)``) on one context.
+
+        The cached action examples carry no label except, during a learn call, the chosen one. The calls
+        go to vw-next's core directly: its Python wrapper re-checks the label type of all 32 examples on
+        every call, which cost more than VW's own work here (vowpal-wabbit-next is pinned for this reason).
+        """
+        cores = [self._example(shared, _SHARED)._example, *(self._action_examples[a]._example for a in actions)]
+        if learn is None:
+            return _action_probs(self._ws._workspace.predict_multi_ex_one(cores))
+        pos, vw_cost, propensity = learn
+        labelled = self._action_examples[actions[pos]]
+        labelled.set_label(vw.CBLabel(label=(vw_cost, propensity)))
+        try:
+            return _action_probs(self._ws._workspace.predict_then_learn_multi_ex_one(cores))
+        finally:
+            labelled.set_label(_NO_LABEL)
 
     def _candidate_indices(self, candidates: Sequence[str] | None) -> list[int]:
         key = tuple(candidates) if candidates is not None else None
@@ -159,8 +171,7 @@ class Policy:
         actions = self._candidate_indices(candidates)
         out = np.zeros((embeddings.shape[0], len(self.catalog)), dtype=np.float64)
         for i, shared in enumerate(self.featurizer.shared(embeddings)):
-            pred = self._ws.predict_one(self._multi(shared, actions))
-            for pos, prob in _action_probs(pred):
+            for pos, prob in self._run(shared, actions):
                 out[i, actions[pos]] = prob
         return out
 
@@ -213,8 +224,8 @@ class Policy:
         rows = [self._checked(models[i], qualities[i], costs[i], propensities[i], candidates[i]) for i in range(n)]
         before = np.zeros(n, dtype=np.float64)
         for i, (shared, (actions, pos, vw_cost, p)) in enumerate(zip(self.featurizer.shared(embeddings), rows)):
-            pred = self._ws.predict_then_learn_one(self._multi(shared, actions, pos, (vw_cost, p)))
-            before[i] = next((prob for a, prob in _action_probs(pred) if a == pos), 0.0)
+            pred = self._run(shared, actions, (pos, vw_cost, p))
+            before[i] = next((prob for a, prob in pred if a == pos), 0.0)
             self.updates += 1
         return before
 

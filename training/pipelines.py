@@ -66,15 +66,31 @@ def run_simulate(benchmark: Path, events: int, seed: int, out: Path, logging: Lo
     return logs
 
 
+def run_split(benchmark: Path, test_fraction: float, salt: str, train_out: Path, test_out: Path) -> tuple[int, int]:
+    """Write the TRAIN and TEST parts of a benchmark, split by a hash of ``prompt_id``; returns prompt counts."""
+    bench = load_benchmark(benchmark)
+    ids = bench["prompt_id"].unique().sort().to_list()
+    _, test_rows = split_by_hash(ids, test_fraction, salt)
+    test_ids = pl.Series([ids[i] for i in test_rows], dtype=pl.String)
+    in_test = pl.col("prompt_id").is_in(test_ids.implode())
+    write_parquet(bench.filter(~in_test), train_out)
+    write_parquet(bench.filter(in_test), test_out)
+    return len(ids) - len(test_rows), len(test_rows)
+
+
 def catalog_for_benchmark(benchmark: Path, bench: pl.DataFrame, catalog: Path | None) -> Catalog:
-    """``catalog`` if given, else ``<stem>_prices.csv`` beside the benchmark, else prices estimated from its costs."""
+    """``catalog`` if given; else the first of ``<stem>_prices.csv`` beside the benchmark and the default catalog
+    that covers the benchmark's models; else prices estimated from the benchmark's own costs."""
     if catalog is not None:
         return Catalog.load(catalog)
+    models = set(bench["model"].unique().to_list())
     prices = benchmark.with_name(f"{benchmark.stem}_prices.csv")
-    if prices.exists():
-        found = Catalog.from_prices_csv(prices)
-        if set(bench["model"].unique().to_list()) <= set(found.names):
-            return found
+    for found in (
+        Catalog.from_prices_csv(prices) if prices.exists() else None,
+        Catalog.load(settings.default_catalog()) if settings.default_catalog().exists() else None,
+    ):
+        if found is not None and models <= set(found.names):
+            return Catalog(tuple(m for m in found.models if m.name in models))
     return Catalog.from_benchmark(bench)
 
 
