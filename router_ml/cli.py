@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--events-per-prompt", type=float, default=12.0)
     p.add_argument("--lams", default=None, help="comma-separated lam values (default: a log sweep)")
-    p.add_argument("--knn-k", type=int, default=20)
+    p.add_argument("--knn-k", type=int, default=100)
     p.add_argument("--modes", default="online,offline")
     p.add_argument("--workers", type=int, default=2, help="policies trained in parallel")
     _policy_flags(p)

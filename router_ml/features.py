@@ -127,6 +127,25 @@ class Featurizer:
             rows.append(groups)
         return rows
 
+    def dense(self, embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The shared namespaces as one dense matrix ``[embedding | one-hot clusters per granularity]``.
+
+        The same content as :meth:`shared`, laid out for a dense learner (the reward model) instead of VW.
+        """
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"features: expected embeddings of width {self.dim}, got shape {embeddings.shape}")
+        n = embeddings.shape[0]
+        parts: list[npt.NDArray[np.float32]] = []
+        if self.config.embedding:
+            parts.append(np.asarray(embeddings, dtype=np.float32))
+        if self.centroids:
+            ids = self.assign(np.asarray(embeddings, dtype=np.float32))
+            for j, centroids in enumerate(self.centroids):
+                onehot = np.zeros((n, centroids.shape[0]), dtype=np.float32)
+                onehot[np.arange(n), ids[:, j]] = 1.0
+                parts.append(onehot)
+        return np.concatenate(parts, axis=1)
+
     def to_json(self) -> str:
         """Config and shape as JSON (centroids go to :meth:`centroid_arrays`)."""
         return json.dumps({"config": self.config.to_dict(), "dim": self.dim})

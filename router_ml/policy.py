@@ -44,6 +44,7 @@ class PolicyConfig:
     epsilon: float = 0.05
     gamma_scale: float = 10.0
     learning_rate: float = 0.5
+    power_t: float = 0.5
     bits: int = 20
     seed: int = 0
 
@@ -54,6 +55,8 @@ class PolicyConfig:
             raise ValueError(f"policy: 'exploration' must be 'squarecb' or 'epsilon', got {self.exploration!r}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"policy: 'epsilon' must lie in [0, 1], got {self.epsilon}")
+        if self.power_t < 0:
+            raise ValueError(f"policy: 'power_t' must be >= 0, got {self.power_t}")
         if self.gamma_scale <= 0 or self.learning_rate <= 0:
             raise ValueError("policy: 'gamma_scale' and 'learning_rate' must be > 0")
         if not 10 <= self.bits <= 28:
@@ -65,7 +68,8 @@ class PolicyConfig:
 
     def vw_args(self, interactions: Sequence[str]) -> list[str]:
         """The VW command line for these settings."""
-        args = ["--cb_explore_adf", "--quiet", "-b", str(self.bits), "-l", str(self.learning_rate)]
+        args = ["--cb_explore_adf", "--quiet", "-b", str(self.bits)]
+        args += ["-l", str(self.learning_rate), "--power_t", str(self.power_t)]
         args += ["--random_seed", str(self.seed)]
         if self.exploration == "squarecb":
             args += ["--squarecb", "--gamma_scale", str(self.gamma_scale)]

@@ -86,7 +86,7 @@ def test_benchmark_command_writes_json_and_plot(split: tuple[Path, Path], home: 
     result = json.loads(out_json.read_text())
     assert set(result["best_single"]) == {"model", "quality", "cost"}
     routers = result["routers"]
-    for name in ("router_ml", "router_ml_offline", "per_category", "knn20", "oracle", "single:gpt-4o"):
+    for name in ("router_ml", "router_ml_offline", "per_category", "knn100", "oracle", "single:gpt-4o"):
         assert {"points", "q_max", "cost_at_parity", "cost_at_97_5", "auc"} <= set(routers[name]), name
     assert len(routers["router_ml"]["points"]) == 3
     assert result["router_ml"] == routers["router_ml"]

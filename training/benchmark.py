@@ -51,7 +51,7 @@ class BenchmarkConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     lams: tuple[float, ...] = tuple(lam_sweep(16))
     events_per_prompt: float = 12.0
-    knn_k: int = 20
+    knn_k: int = 100
     modes: tuple[str, ...] = ("online", "offline")
     seed: int = 0
     workers: int = 2
