@@ -29,6 +29,8 @@ ACTION_NAMESPACES = ("m", "p")
 Indices = npt.NDArray[np.uint64]
 Values = npt.NDArray[np.float32]
 FeatureGroup = tuple[Indices, Values]
+Context = dict[str, FeatureGroup]
+"""One prompt's shared features, by namespace: what the policy scores every action against."""
 
 
 def feature_index(namespace: str, key: str | int) -> int:
@@ -108,7 +110,7 @@ class Featurizer:
             out[:, j] = d.argmin(axis=1)
         return out
 
-    def shared(self, embeddings: npt.NDArray[np.float32]) -> list[dict[str, FeatureGroup]]:
+    def shared(self, embeddings: npt.NDArray[np.float32]) -> list[Context]:
         """Shared-context features for each row of ``embeddings``."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"features: expected embeddings of width {self.dim}, got shape {embeddings.shape}")
@@ -116,7 +118,7 @@ class Featurizer:
         cluster_ids = self.assign(embeddings) if self.centroids else None
         cluster_table = _cluster_indices(tuple(len(c) for c in self.centroids))
         ones = np.ones(len(self.centroids), dtype=np.float32)
-        rows: list[dict[str, FeatureGroup]] = []
+        rows: list[Context] = []
         for i in range(embeddings.shape[0]):
             groups: dict[str, FeatureGroup] = {}
             if cluster_ids is not None:

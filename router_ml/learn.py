@@ -152,13 +152,14 @@ def learn_online(
     propensity = np.empty(n_events, dtype=np.float64)
     offered = table.offered
     names = policy.catalog.names
+    contexts = policy.featurizer.shared(embeddings)
     for i in tqdm(range(n_events), desc="online", unit="event", disable=not progress):
         r = int(rows[i])
         cands = None if offered[r].all() else [m for m, ok in zip(names, offered[r]) if ok]
-        decision = policy.decide(embeddings[r], rng, cands)
+        decision = policy.decide_context(contexts[r], rng, cands)
         j = policy.catalog.index(decision.model)
         chosen[i], propensity[i] = j, decision.probability
-        policy.learn_one(
-            embeddings[r], decision.model, table.quality[r, j], table.cost[r, j], decision.probability, cands
+        policy.learn_context(
+            contexts[r], decision.model, table.quality[r, j], table.cost[r, j], decision.probability, cands
         )
     return OnlineLog(rows, chosen, propensity, table.quality[rows, chosen], table.cost[rows, chosen])

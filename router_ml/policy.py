@@ -22,7 +22,7 @@ import numpy.typing as npt
 import vowpal_wabbit_next as vw
 
 from router_ml.catalog import Catalog
-from router_ml.features import FeatureGroup, Featurizer, action_features
+from router_ml.features import Context, FeatureGroup, Featurizer, action_features
 
 Exploration = Literal["squarecb", "epsilon"]
 Floats = Sequence[float] | npt.NDArray[np.float64]
@@ -136,7 +136,7 @@ class Policy:
         return ex
 
     def _run(
-        self, shared: dict[str, FeatureGroup], actions: list[int], learn: tuple[int, float, float] | None = None
+        self, shared: Context, actions: list[int], learn: tuple[int, float, float] | None = None
     ) -> list[tuple[int, float]]:
         """Predict (or predict-then-learn, with ``(chosen position, VW cost, propensity)``) on one context.
 
@@ -168,16 +168,24 @@ class Policy:
         return self._offered[key]
 
     # -- predict / learn ------------------------------------------------------------------------
+    def distribution(self, context: Context, candidates: Sequence[str] | None = None) -> npt.NDArray[np.float64]:
+        """The action distribution for one precomputed context (:meth:`Featurizer.shared`), in catalog order.
+
+        VW returns (action, probability) pairs sorted by probability; they are put back in catalog order
+        here, with 0 for models outside ``candidates``.
+        """
+        actions = self._candidate_indices(candidates)
+        out = np.zeros(len(self.catalog), dtype=np.float64)
+        for pos, prob in self._run(context, actions):
+            out[actions[pos]] = prob
+        return out
+
     def predict_many(
         self, embeddings: npt.NDArray[np.float32], candidates: Sequence[str] | None = None
     ) -> npt.NDArray[np.float64]:
         """Action distributions, shape ``(n, len(catalog))`` in catalog order; non-candidates get 0."""
-        actions = self._candidate_indices(candidates)
-        out = np.zeros((embeddings.shape[0], len(self.catalog)), dtype=np.float64)
-        for i, shared in enumerate(self.featurizer.shared(embeddings)):
-            for pos, prob in self._run(shared, actions):
-                out[i, actions[pos]] = prob
-        return out
+        rows = [self.distribution(ctx, candidates) for ctx in self.featurizer.shared(embeddings)]
+        return np.stack(rows) if rows else np.zeros((0, len(self.catalog)), dtype=np.float64)
 
     def predict_one(
         self, embedding: npt.NDArray[np.float32], candidates: Sequence[str] | None = None
@@ -186,15 +194,39 @@ class Policy:
         probs = self.predict_many(embedding.reshape(1, -1), candidates)[0]
         return dict(zip(self.catalog.names, probs.tolist()))
 
+    def decide_context(
+        self, context: Context, rng: np.random.Generator, candidates: Sequence[str] | None = None
+    ) -> Decision:
+        """Sample a model for a precomputed context; the decision carries its probability for off-policy use."""
+        probs = self.distribution(context, candidates)
+        choice = min(int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right")), len(probs) - 1)
+        while probs[choice] == 0:  # float round-off at the top of the cumulative sum
+            choice -= 1
+        dist = dict(zip(self.catalog.names, probs.tolist()))
+        model = self.catalog.names[choice]
+        return Decision(model=model, probability=dist[model], distribution=dist)
+
     def decide(
         self, embedding: npt.NDArray[np.float32], rng: np.random.Generator, candidates: Sequence[str] | None = None
     ) -> Decision:
-        """Sample a model from the distribution; the decision carries its probability for off-policy use."""
-        dist = self.predict_one(embedding, candidates)
-        probs = np.fromiter(dist.values(), dtype=np.float64)
-        choice = int(rng.choice(len(probs), p=probs / probs.sum()))
-        model = self.catalog.names[choice]
-        return Decision(model=model, probability=dist[model], distribution=dist)
+        """Sample a model for one prompt embedding (see :meth:`decide_context`)."""
+        return self.decide_context(self.featurizer.shared(embedding.reshape(1, -1))[0], rng, candidates)
+
+    def learn_context(
+        self,
+        context: Context,
+        model: str,
+        quality: float,
+        cost_usd: float,
+        propensity: float,
+        candidates: Sequence[str] | None = None,
+    ) -> float:
+        """Learn from one graded decision on a precomputed context; returns the probability the policy gave
+        ``model`` before the update (progressive validation)."""
+        actions, pos, vw_cost, p = self._checked(model, quality, cost_usd, propensity, candidates)
+        pred = self._run(context, actions, (pos, vw_cost, p))
+        self.updates += 1
+        return next((prob for a, prob in pred if a == pos), 0.0)
 
     def learn_one(
         self,
@@ -204,9 +236,10 @@ class Policy:
         cost_usd: float,
         propensity: float,
         candidates: Sequence[str] | None = None,
-    ) -> None:
+    ) -> float:
         """Learn from one graded decision: ``model`` was chosen with ``propensity`` among ``candidates``."""
-        self.learn_many(embedding.reshape(1, -1), [model], [quality], [cost_usd], [propensity], [candidates])
+        context = self.featurizer.shared(embedding.reshape(1, -1))[0]
+        return self.learn_context(context, model, quality, cost_usd, propensity, candidates)
 
     def learn_many(
         self,
@@ -217,7 +250,7 @@ class Policy:
         propensities: Floats,
         candidates: Sequence[Sequence[str] | None],
     ) -> npt.NDArray[np.float64]:
-        """Learn from graded decisions in order (one VW update each).
+        """Learn from graded decisions in order (one VW update each); all are checked before any is learned.
 
         Returns, per event, the probability the policy gave the logged model *before* learning from
         it: progressive validation, the input of an honest running off-policy estimate.
@@ -259,4 +292,6 @@ class Policy:
 
     def with_catalog(self, catalog: Catalog) -> Policy:
         """The same learned weights over a new catalog: known models keep what they learned, new ones are explored."""
-        return Policy(catalog, self.featurizer, self.config, model_bytes=self.model_bytes())
+        grown = Policy(catalog, self.featurizer, self.config, model_bytes=self.model_bytes())
+        grown.updates = self.updates
+        return grown

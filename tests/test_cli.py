@@ -12,6 +12,7 @@ import pytest
 
 from router_ml import settings
 from router_ml.cli import main
+from router_ml.embed import CachedEmbedder
 from router_ml.registry import PolicyRegistry
 
 SMALL_FEATURES = ["--clusters", "4,8"]
@@ -89,3 +90,58 @@ def test_console_script_is_installed() -> None:
     done = subprocess.run([Path(sys.executable).with_name("router-ml"), "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     assert "simulate" in done.stdout and "train" in done.stdout and "demo" in done.stdout
+
+
+def test_adding_a_model_warm_starts_instead_of_retraining(
+    home: Path, small_benchmark: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], embedder: CachedEmbedder
+) -> None:
+    from router_ml.catalog import Catalog
+
+    full = Catalog.load(settings.default_catalog())
+    newcomer = "gemini-1.5-flash"
+    old = Catalog(tuple(m for m in full.models if m.name != newcomer))
+    old.save(tmp_path / "old.toml")
+    full.save(tmp_path / "full.toml")
+    bench = pl.read_parquet(small_benchmark)
+    bench.filter(pl.col("model") != newcomer).write_parquet(tmp_path / "without.parquet")
+    for name, source in (("before", tmp_path / "without.parquet"), ("after", small_benchmark)):
+        args = ["simulate", "--benchmark", str(source), "--events", "1500", "-o", str(tmp_path / f"{name}.parquet")]
+        assert main(args) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--logs",
+                str(tmp_path / "before.parquet"),
+                "--catalog",
+                str(tmp_path / "old.toml"),
+                *SMALL_FEATURES,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--logs",
+                str(tmp_path / "after.parquet"),
+                "--catalog",
+                str(tmp_path / "full.toml"),
+                "--warm-start",
+                "1",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    registry = PolicyRegistry()
+    v1, _ = registry.load("1")
+    v2, info = registry.load("2")
+    assert newcomer not in v1.policy.catalog and newcomer in v2.policy.catalog
+    assert v2.parent_version == "1" and info.tags["parent_version"] == "1"
+    assert v2.policy.updates == v1.policy.updates + 1500, "version 2 continued version 1, it did not restart"
+    assert v2.policy.featurizer.centroids[0].tobytes() == v1.policy.featurizer.centroids[0].tobytes()
+    prompts = pl.read_parquet(small_benchmark)["prompt"].unique().sort().head(20).to_list()
+    probs = v2.policy.predict_many(embedder.encode(prompts))
+    assert (probs[:, v2.policy.catalog.index(newcomer)] > 0).all(), "the new model is offered (explored) everywhere"

@@ -21,7 +21,7 @@ from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import TrainReport, file_fingerprint, train_policy
 from router_ml.policy import Policy, PolicyConfig
-from router_ml.registry import CHAMPION, PolicyRegistry, VersionInfo
+from router_ml.registry import CHAMPION, PolicyRegistry, VersionInfo, load_policy
 from router_ml.replay import ReplayResult, best_single, replay_choices, replay_distribution, single_models
 from router_ml.simulate import EpsilonGreedy, LoggingPolicy, Uniform, simulate
 from router_ml.split import split_by_hash
@@ -113,13 +113,27 @@ def run_train(
     passes: int,
     embedder: EmbedderOptions,
     registry: PolicyRegistry,
+    warm_start: str | None = None,
     extra_params: dict[str, Any] | None = None,
 ) -> TrainOutcome:
-    """Train on a logged-traffic file and register the result as a new MLflow model version."""
+    """Train on a logged-traffic file and register the result as a new MLflow model version.
+
+    With ``warm_start`` (a version, alias or folder) the existing policy continues learning over
+    ``catalog``: its features and VW settings are kept (``config`` and ``features`` are then ignored)
+    and models the catalog adds start from their price and id features, and get explored.
+    """
     logs = load_logs(logs_path)
     enc = embedder.build()
-    policy, report = train_policy(logs, enc, catalog, config, features, passes=passes)
-    artifact = PolicyArtifact(policy, embedder=enc.name, embedder_path=embedder.model_path)
+    start: Policy | None = None
+    parent: str | None = None
+    if warm_start is not None:
+        previous, parent = load_policy(warm_start, registry)
+        if previous.embedder != enc.name:
+            raise ValueError(f"train: --warm-start policy uses embedder '{previous.embedder}', not '{enc.name}'")
+        start = previous.policy.with_catalog(catalog)
+        config, features = start.config, start.featurizer.config
+    policy, report = train_policy(logs, enc, catalog, config, features, passes=passes, warm_start=start)
+    artifact = PolicyArtifact(policy, embedder=enc.name, embedder_path=embedder.model_path, parent_version=parent)
     params: dict[str, Any] = {
         "lam": config.lam,
         "exploration": config.exploration,
@@ -137,6 +151,7 @@ def run_train(
         "catalog_size": len(catalog),
         "data_sha256": file_fingerprint(logs_path),
         "data_path": str(logs_path),
+        "parent_version": parent or "",
         **(extra_params or {}),
     }
     metrics = {
@@ -150,7 +165,11 @@ def run_train(
         "progressive_snips_reward": report.progressive_reward,
     }
     version = registry.log_version(
-        artifact, params=params, metrics=metrics, tags={"source": "batch"}, run_name=f"train-lam{config.lam}"
+        artifact,
+        params=params,
+        metrics=metrics,
+        tags={"source": "batch", **({"parent_version": parent} if parent else {})},
+        run_name=f"train-lam{config.lam}",
     )
     return TrainOutcome(policy=policy, report=report, version=version, embedder=enc.name)
 
