@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", type=Path, required=True)
     p.add_argument("--catalog", type=Path, default=settings.default_catalog())
     p.add_argument("--promote", action="store_true", help="also point the champion alias at the new version")
+    p.add_argument(
+        "--warm-start",
+        default=None,
+        help="continue a policy (version, alias or folder) instead of starting fresh; models new to --catalog "
+        "are explored and learned, the others keep what they learned",
+    )
     _policy_flags(p)
 
     p = sub.add_parser("demo", help="the main job: split, simulate, train, register, replay on held-out prompts")
@@ -181,6 +187,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         passes=args.passes,
         embedder=_embedder(args),
         registry=registry,
+        warm_start=args.warm_start,
     )
     r = outcome.report
     print(f"learned from {r.n_events} events ({r.n_ungraded} ungraded skipped) at {r.events_per_second:,.0f} events/s")
