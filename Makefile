@@ -4,9 +4,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d" " -f1)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo benchmark test lint clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,14 @@ $(STAMP):
 
 demo: setup
 	$(BIN)/router-ml demo $(ARGS)
+
+# The benchmark protocol on the shared data: 80/20 split by hash of prompt_id, online and offline bandit
+# policies over a lam sweep, reference routers, frontier plot. Outputs in .router-ml/bench/.
+BENCH := .router-ml/bench
+benchmark: setup
+	$(BIN)/router-ml split --train-out $(BENCH)/train.parquet --test-out $(BENCH)/test.parquet
+	$(BIN)/router-ml benchmark --train $(BENCH)/train.parquet --test $(BENCH)/test.parquet \
+		--json $(BENCH)/benchmark.json --plot $(BENCH)/frontier.png $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -2,7 +2,8 @@
 
 Training-side commands live in :mod:`training.pipelines`, which it imports only when a command runs.
 Every failure the user can fix (bad data, bad flags, unknown version) ends with one ``error:`` line
-and exit status 2, never a traceback.
+and exit status 2, never a traceback. A promotion the gate refuses (the challenger did not clearly beat
+the alias's holder) ends with one ``refused:`` line and exit status 1, and changes nothing.
 """
 
 from __future__ import annotations
@@ -24,20 +25,32 @@ if TYPE_CHECKING:
     from training.pipelines import EmbedderOptions
 
 
+def _evaluation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default $ROUTER_ML_TORCH_THREADS or 1)")
+    p.add_argument("--batch-size", type=int, default=16, help="embedding batch size")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or local)")
+
+
 def _policy_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("policy")
     g.add_argument("--lam", type=float, default=0.05, help="quality given up per USD per 1,000 requests (default 0.05)")
     g.add_argument("--exploration", choices=["squarecb", "epsilon"], default="squarecb")
     g.add_argument("--epsilon", type=float, default=0.05, help="exploration rate for --exploration epsilon")
-    g.add_argument("--gamma-scale", type=float, default=10.0, help="SquareCB greediness (higher explores less)")
+    g.add_argument("--gamma-scale", type=float, default=100.0, help="SquareCB greediness (higher explores less)")
+    g.add_argument(
+        "--max-weight",
+        type=lambda v: None if v == "none" else float(v),
+        default=1.0,
+        help="cap on VW's importance weight 1/propensity per update (default 1: plain regression; 'none': no cap)",
+    )
     g.add_argument("--learning-rate", type=float, default=0.5)
     g.add_argument("--bits", type=int, default=20, help="VW hash table size, log2")
     g.add_argument("--passes", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
     f = p.add_argument_group("features")
     f.add_argument("--clusters", default="8,32,128", help="k-means granularities, comma-separated ('' for none)")
-    f.add_argument("--no-embedding", action="store_true", help="leave the raw embedding out of the features")
-    f.add_argument("--interactions", default="cm,em,cp", help="shared x action namespace pairs for VW -q")
+    f.add_argument("--embedding", action="store_true", help="add the raw embedding (namespace e) to the features")
+    f.add_argument("--interactions", default="cm", help="shared x action namespace pairs for VW -q (e.g. cm,em,cp)")
     e = p.add_argument_group("embedder")
     e.add_argument("--embedder", default=None, help="local sentence-transformers folder (default: packaged MiniLM)")
     e.add_argument("--threads", type=int, default=None, help="torch threads (default $ROUTER_ML_TORCH_THREADS or 1)")
@@ -52,10 +65,11 @@ def _configs(args: argparse.Namespace) -> tuple[PolicyConfig, FeatureConfig]:
         epsilon=args.epsilon,
         gamma_scale=args.gamma_scale,
         learning_rate=args.learning_rate,
+        max_weight=args.max_weight,
         bits=args.bits,
         seed=args.seed,
     )
-    features = FeatureConfig.parse(args.clusters, not args.no_embedding, args.interactions, seed=args.seed)
+    features = FeatureConfig.parse(args.clusters, args.embedding, args.interactions, seed=args.seed)
     return config, features
 
 
@@ -123,10 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="policies trained in parallel")
     _policy_flags(p)
 
-    p = sub.add_parser("promote", help="point an alias (default champion) at a version")
+    p = sub.add_parser(
+        "evaluate", help="counterfactual report on logged traffic: quality, cost, reward and savings vs the best model"
+    )
+    p.add_argument("--policy", default="champion", help="version, alias, models:/router-ml@alias, or a policy folder")
+    p.add_argument("--logs", type=Path, required=True, help="logged traffic (Parquet); ungraded rows are skipped")
+    p.add_argument("--json", type=Path, default=None, help="where to write the full report")
+    p.add_argument("--lam", type=float, default=None, help="reward's lam (default: the policy's own)")
+    p.add_argument("--clip", type=float, default=None, help="cap importance weights at C (default: no cap)")
+    _evaluation_flags(p)
+
+    p = sub.add_parser(
+        "promote",
+        help="point an alias (default champion) at a version; replacing a holder needs --logs (gated) or --force",
+        description="Point an alias at a version. If another version holds the alias, both are evaluated on --logs "
+        "with the challenger's lam and the challenger must clearly win: its DR reward 95%% lower bound must exceed "
+        "the holder's DR reward. A refusal exits 1 and changes nothing; --force overrides and is recorded in tags.",
+    )
     p.add_argument("version")
     p.add_argument("--alias", default="champion")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--logs", type=Path, default=None, help="logged traffic to compare the challenger with the holder")
+    p.add_argument("--force", action="store_true", help="promote even without --logs or a win (tagged on the version)")
+    _evaluation_flags(p)
 
     p = sub.add_parser("versions", help="list registered policy versions")
     p.add_argument("--tracking-uri", default=None)
@@ -147,7 +179,7 @@ def _registry(args: argparse.Namespace) -> PolicyRegistry:
 def _embedder(args: argparse.Namespace) -> EmbedderOptions:
     from training.pipelines import EmbedderOptions
 
-    return EmbedderOptions(args.embedder, args.threads, args.batch_size)
+    return EmbedderOptions(getattr(args, "embedder", None), args.threads, args.batch_size)
 
 
 def _cmd_catalog(args: argparse.Namespace) -> None:
@@ -239,9 +271,54 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
     print(f"\n{result['seconds']:.0f} s; results in {args.json}" + (f", frontiers in {args.plot}" if args.plot else ""))
 
 
-def _cmd_promote(args: argparse.Namespace) -> None:
-    info = _registry(args).promote(args.version, args.alias)
-    print(f"{info.name} version {info.version} is now '{args.alias}'")
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import format_report, run_evaluate
+
+    outcome = run_evaluate(
+        args.policy,
+        args.logs,
+        tracking_uri=args.tracking_uri,
+        embedder=_embedder(args),
+        lam=args.lam,
+        clip=args.clip,
+        json_out=args.json,
+    )
+    label = outcome.report["policy"]["version"]
+    print(format_report(outcome.evaluation, title=f"\npolicy {label} on {args.logs}"))
+    written = [f"report in {args.json}"] if args.json else []
+    if outcome.run_id:
+        written.append(f"eval_* metrics logged to run {outcome.run_id}")
+    if written:
+        print("\n" + "; ".join(written))
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from training.evaluate import PromotionRefused, run_promote
+
+    try:
+        outcome = run_promote(
+            args.version,
+            registry=_registry(args),
+            alias=args.alias,
+            logs_path=args.logs,
+            force=args.force,
+            embedder=_embedder(args),
+        )
+    except PromotionRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    info, d = outcome.version, outcome.decision
+    if outcome.gate == "unchanged":
+        print(f"{info.name} version {info.version} already is '{args.alias}'")
+        return 0
+    how = {"no-previous": "no version held it", "passed": "gate passed", "forced": "forced"}[outcome.gate]
+    if d is not None:
+        how += (
+            f": DR reward {d.challenger.value:.4f} [{d.challenger.low:.4f}, {d.challenger.high:.4f}] vs version "
+            f"{outcome.previous.version if outcome.previous else '?'}'s {d.holder.value:.4f} (lam {d.lam:g})"
+        )
+    print(f"{info.name} version {info.version} is now '{args.alias}' ({how})")
+    return 0
 
 
 def _cmd_versions(args: argparse.Namespace) -> None:
@@ -259,13 +336,14 @@ def _cmd_route(args: argparse.Namespace) -> None:
         print(json.dumps({"prompt": prompt[:60], "model": model, "probability": round(prob, 4), "version": version}))
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "catalog": _cmd_catalog,
     "simulate": _cmd_simulate,
     "split": _cmd_split,
     "train": _cmd_train,
     "demo": _cmd_demo,
     "benchmark": _cmd_benchmark,
+    "evaluate": _cmd_evaluate,
     "promote": _cmd_promote,
     "versions": _cmd_versions,
     "route": _cmd_route,
@@ -281,8 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
-        COMMANDS[args.command](args)
-        return 0
+        return COMMANDS[args.command](args) or 0
     except (DataValidationError, CatalogError, RegistryError, ValueError, FileNotFoundError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

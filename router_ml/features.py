@@ -46,8 +46,8 @@ class FeatureConfig:
     """Which shared features to build and which shared x action namespaces VW crosses."""
 
     clusters: tuple[int, ...] = (8, 32, 128)
-    embedding: bool = True
-    interactions: tuple[str, ...] = ("cm", "em", "cp")
+    embedding: bool = False
+    interactions: tuple[str, ...] = ("cm",)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,6 +59,10 @@ class FeatureConfig:
                     f"features: interaction {pair!r} must pair a shared namespace {SHARED_NAMESPACES} "
                     f"with an action namespace {ACTION_NAMESPACES}"
                 )
+        if not self.embedding and any(pair[0] == "e" for pair in self.interactions):
+            raise ValueError("features: an interaction with 'e' needs the raw embedding (embedding=True, --embedding)")
+        if not self.clusters and any(pair[0] == "c" for pair in self.interactions):
+            raise ValueError("features: an interaction with 'c' needs at least one cluster granularity")
         if not self.clusters and not self.embedding:
             raise ValueError("features: enable the embedding or at least one cluster granularity")
 
@@ -130,16 +134,13 @@ class Featurizer:
         return rows
 
     def dense(self, embeddings: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The shared namespaces as one dense matrix ``[embedding | one-hot clusters per granularity]``.
-
-        The same content as :meth:`shared`, laid out for a dense learner (the reward model) instead of VW.
+        """The prompt as one dense matrix ``[embedding | one-hot clusters per granularity]`` for a dense learner
+        (the reward model). The raw embedding is always included, whether or not VW gets it as namespace ``e``.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise ValueError(f"features: expected embeddings of width {self.dim}, got shape {embeddings.shape}")
         n = embeddings.shape[0]
-        parts: list[npt.NDArray[np.float32]] = []
-        if self.config.embedding:
-            parts.append(np.asarray(embeddings, dtype=np.float32))
+        parts: list[npt.NDArray[np.float32]] = [np.asarray(embeddings, dtype=np.float32)]
         if self.centroids:
             ids = self.assign(np.asarray(embeddings, dtype=np.float32))
             for j, centroids in enumerate(self.centroids):

@@ -37,14 +37,25 @@ def _action_probs(prediction: object) -> list[tuple[int, float]]:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Learner settings. ``lam`` is quality per USD per 1,000 requests (see the module docstring)."""
+    """Learner settings. ``lam`` is quality per USD per 1,000 requests (see the module docstring).
+
+    ``max_weight`` caps the importance weight ``1 / propensity`` VW gives each update. VW's MTR
+    reduction (the one SquareCB runs on) regresses the chosen action's reward with weight ``1/p``;
+    once SquareCB is nearly greedy, an explored model picked with ``p = 0.001`` gets a 1000x update
+    that swings its estimate. The default cap of 1 makes every update plain regression, the oracle
+    SquareCB's analysis assumes; ``None`` restores full importance weighting (e.g. to correct for a
+    skewed logging policy under a misspecified model). Chosen on a validation split inside TRAIN of
+    the shared benchmark: over three runs the capped policy reached gpt-4o's quality at 13-21% of
+    its cost, against 15-26% (or never) uncapped, and 97.5% of it at 7-8% (uncapped 7-20%).
+    """
 
     lam: float = 0.05
     exploration: Exploration = "squarecb"
     epsilon: float = 0.05
-    gamma_scale: float = 10.0
+    gamma_scale: float = 100.0
     learning_rate: float = 0.5
     power_t: float = 0.5
+    max_weight: float | None = 1.0
     bits: int = 20
     seed: int = 0
 
@@ -55,6 +66,8 @@ class PolicyConfig:
             raise ValueError(f"policy: 'exploration' must be 'squarecb' or 'epsilon', got {self.exploration!r}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"policy: 'epsilon' must lie in [0, 1], got {self.epsilon}")
+        if self.max_weight is not None and self.max_weight < 1:
+            raise ValueError(f"policy: 'max_weight' must be >= 1 (or unset), got {self.max_weight}")
         if self.power_t < 0:
             raise ValueError(f"policy: 'power_t' must be >= 0, got {self.power_t}")
         if self.gamma_scale <= 0 or self.learning_rate <= 0:
@@ -283,7 +296,9 @@ class Policy:
         chosen = self.catalog.index(model)
         if chosen not in actions:
             raise ValueError(f"policy: chosen model '{model}' is not among the candidates")
-        return actions, actions.index(chosen), -self.config.reward(q, c), p
+        # VW weighs the update by 1 / propensity; max_weight caps that weight (1 = plain regression).
+        floor = 1.0 / self.config.max_weight if self.config.max_weight is not None else 0.0
+        return actions, actions.index(chosen), -self.config.reward(q, c), max(p, floor)
 
     # -- persistence ----------------------------------------------------------------------------
     def model_bytes(self) -> bytes:

@@ -150,6 +150,23 @@ class PolicyRegistry:
         for key, value in metrics.items():
             self._client.log_metric(run_id, key, value)
 
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set (or overwrite) tags on an existing run, e.g. the hash of the logs an evaluation used."""
+        for key, value in tags.items():
+            self._client.set_tag(run_id, key, value)
+
+    def delete_version_tags(self, version: str, keys: list[str]) -> None:
+        """Remove tags from a model version (e.g. figures left by an earlier promotion)."""
+        for key in keys:
+            self._client.delete_model_version_tag(self.model_name, version, key)
+
+    def aliased(self, alias: str) -> VersionInfo | None:
+        """The version ``alias`` points at, or None when the alias is not set."""
+        try:
+            return self.resolve(alias)
+        except RegistryError:
+            return None
+
     def versions(self) -> list[VersionInfo]:
         """All versions, newest first."""
         found = self._client.search_model_versions(f"name = '{self.model_name}'")

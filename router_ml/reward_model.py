@@ -1,9 +1,9 @@
 """The direct-method reward model: a regressor ``r_hat(x, a)`` of one outcome for every (prompt, action) pair.
 
-It sees the same features as the policy (:mod:`router_ml.features`): the raw embedding (namespace
-``e``) and the one-hot k-means cluster ids (namespace ``c``) of a fitted :class:`Featurizer`,
-usually the policy's own. Where VW crosses those with the model id (``-q cm -q em``), the network
-has one output per action on a small shared hidden layer: the same per-model estimate, with
+It sees what the policy can see (:meth:`router_ml.features.Featurizer.dense`): the raw embedding and
+the one-hot k-means cluster ids of a fitted :class:`Featurizer`, usually the policy's own. Where VW
+crosses those with the model id (``-q cm``), the network has one output per action on a small shared
+hidden layer: the same per-model estimate, with
 prompt difficulty learned once from every event instead of per model. The action features
 (``m`` id, ``p`` log price) are implicit in the per-action outputs, since the evaluator scores a
 fixed catalog.

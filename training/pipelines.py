@@ -140,6 +140,8 @@ def run_train(
         "epsilon": config.epsilon,
         "gamma_scale": config.gamma_scale,
         "learning_rate": config.learning_rate,
+        "max_weight": config.max_weight,
+        "power_t": config.power_t,
         "bits": config.bits,
         "seed": config.seed,
         "passes": passes,
