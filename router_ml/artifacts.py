@@ -24,6 +24,7 @@ import numpy as np
 
 from router_ml.atomic import atomic_write_dir
 from router_ml.catalog import Catalog
+from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, SentenceTransformerEmbedder
 from router_ml.features import Featurizer
 from router_ml.policy import Policy, PolicyConfig
 
@@ -60,6 +61,18 @@ class PolicyArtifact:
 
         atomic_write_dir(path, write)
         return Path(path)
+
+    def build_embedder(
+        self, *, threads: int | None = None, batch_size: int = 16, cache: EmbeddingCache | None = None
+    ) -> Embedder:
+        """The embedder this policy was trained with (same model and truncation), optionally behind ``cache``."""
+        max_len = int(self.embedder.rsplit("@", 1)[1]) if "@" in self.embedder else None
+        inner = SentenceTransformerEmbedder(
+            self.embedder_path, threads=threads, batch_size=batch_size, max_seq_length=max_len
+        )
+        if inner.name != self.embedder:
+            raise ValueError(f"policy was trained with embedder '{self.embedder}' but '{inner.name}' was loaded")
+        return CachedEmbedder(inner, cache) if cache is not None else inner
 
     @classmethod
     def load(cls, path: str | Path) -> PolicyArtifact:

@@ -231,11 +231,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from training.pipelines import format_holdout, run_demo
+    from training.demo import run_demo
 
     config, features = _configs(args)
     out = args.out or settings.home() / "demo"
-    report = run_demo(
+    report, text = run_demo(
         args.benchmark,
         out_dir=out,
         events_per_prompt=args.events_per_prompt,
@@ -247,7 +247,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         catalog_path=args.catalog,
         seed=args.seed,
     )
-    print(format_holdout(report))
+    print(text)
     print(f"\nregistered version {report['version']}; report in {out / 'report.json'}")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from router_ml.artifacts import PolicyArtifact
-from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, SentenceTransformerEmbedder
+from router_ml.embed import Embedder, EmbeddingCache
 from router_ml.policy import Decision, Policy
 
 
@@ -23,16 +23,8 @@ class Router:
     def from_artifact(
         cls, artifact: PolicyArtifact, *, version: str = "local", cache: EmbeddingCache | None = None
     ) -> Router:
-        """Rebuild the embedder the policy was trained with and check it matches."""
-        max_len = int(artifact.embedder.rsplit("@", 1)[1]) if "@" in artifact.embedder else None
-        embedder: Embedder = SentenceTransformerEmbedder(artifact.embedder_path, max_seq_length=max_len)
-        if embedder.name != artifact.embedder:
-            raise ValueError(
-                f"router: policy was trained with embedder '{artifact.embedder}' but '{embedder.name}' was loaded"
-            )
-        if cache is not None:
-            embedder = CachedEmbedder(embedder, cache)
-        return cls(artifact.policy, embedder, version)
+        """The policy with the embedder it was trained with."""
+        return cls(artifact.policy, artifact.build_embedder(cache=cache), version)
 
     def route(self, prompt: str, rng: np.random.Generator, candidates: Sequence[str] | None = None) -> Decision:
         """Sample a model for ``prompt`` (exploring), with its probability and the full distribution."""

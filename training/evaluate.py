@@ -27,7 +27,7 @@ from router_ml import settings
 from router_ml.artifacts import PolicyArtifact
 from router_ml.atomic import atomic_write_text
 from router_ml.contracts import load_logs
-from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, SentenceTransformerEmbedder
+from router_ml.embed import Embedder, EmbeddingCache
 from router_ml.estimators import Estimate
 from router_ml.evaluation import (
     Evaluation,
@@ -75,19 +75,10 @@ class _Embedders:
     def for_policy(self, artifact: PolicyArtifact) -> Embedder:
         key = (artifact.embedder, artifact.embedder_path)
         if key not in self._built:
-            max_len = int(artifact.embedder.rsplit("@", 1)[1]) if "@" in artifact.embedder else None
-            inner = SentenceTransformerEmbedder(
-                artifact.embedder_path,
-                threads=self.options.threads,
-                batch_size=self.options.batch_size,
-                max_seq_length=max_len,
-            )
-            if inner.name != artifact.embedder:
-                raise ValueError(
-                    f"evaluate: policy was trained with embedder '{artifact.embedder}' but '{inner.name}' was loaded"
-                )
             cache = EmbeddingCache(self.options.cache or settings.embedding_cache_path())
-            self._built[key] = CachedEmbedder(inner, cache)
+            self._built[key] = artifact.build_embedder(
+                threads=self.options.threads, batch_size=self.options.batch_size, cache=cache
+            )
         return self._built[key]
 
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from router_ml import settings
 from router_ml.artifacts import PolicyArtifact
-from router_ml.atomic import atomic_write_text, atomic_write_with
+from router_ml.atomic import atomic_write_with
 from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark, load_logs
 from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, SentenceTransformerEmbedder
@@ -21,8 +18,7 @@ from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import TrainReport, file_fingerprint, train_policy
 from router_ml.policy import Policy, PolicyConfig
-from router_ml.registry import CHAMPION, PolicyRegistry, VersionInfo, load_policy
-from router_ml.replay import ReplayResult, best_single, replay_choices, replay_distribution, single_models
+from router_ml.registry import PolicyRegistry, VersionInfo, load_policy
 from router_ml.simulate import EpsilonGreedy, LoggingPolicy, Uniform, simulate
 from router_ml.split import split_by_hash
 
@@ -174,101 +170,3 @@ def run_train(
         run_name=f"train-lam{config.lam}",
     )
     return TrainOutcome(policy=policy, report=report, version=version, embedder=enc.name)
-
-
-def holdout_report(policy: Policy, embedder: Embedder, table: FullInfo) -> dict[str, Any]:
-    """Exact replay of ``policy`` on held-out prompts against every single model."""
-    probs = policy.predict_many(embedder.encode(table.prompts, progress=True))
-    greedy = replay_choices(table, probs.argmax(axis=1), "router-ml (greedy)")
-    expected = replay_distribution(table, probs, "router-ml (exploring)")
-    best = best_single(table)
-    singles = sorted(single_models(table), key=lambda r: -r.quality)
-    mix = {m: float(s) for m, s in zip(table.models, np.bincount(probs.argmax(axis=1), minlength=len(table.models)))}
-    return {
-        "n_prompts": len(table.prompt_ids),
-        "policy": greedy.to_dict(),
-        "policy_exploring": expected.to_dict(),
-        "best_single": best.to_dict(),
-        "quality_vs_best": greedy.quality - best.quality,
-        "cost_ratio_vs_best": greedy.cost_usd / best.cost_usd if best.cost_usd > 0 else None,
-        "singles": [s.to_dict() for s in singles],
-        "model_mix": {m: n for m, n in sorted(mix.items(), key=lambda kv: -kv[1]) if n > 0},
-    }
-
-
-def format_holdout(report: dict[str, Any]) -> str:
-    """A terminal table of the held-out replay."""
-    rows: list[ReplayResult] = [
-        ReplayResult(**report["policy"]),
-        ReplayResult(**report["policy_exploring"]),
-        *[ReplayResult(**s) for s in report["singles"][:8]],
-    ]
-    best = ReplayResult(**report["best_single"])
-    lines = [f"held-out replay on {report['n_prompts']} prompts the policy never saw", ""]
-    lines.append(f"{'router':<28} {'quality':>8} {'$ / 1k req':>11} {'cost vs best':>13}")
-    for r in rows:
-        ratio = f"{r.cost_usd / best.cost_usd:>12.1%}" if best.cost_usd > 0 else f"{'n/a':>12}"
-        lines.append(f"{r.router:<28} {r.quality:>8.4f} {r.cost_usd * 1000:>11.4f} {ratio}")
-    lines.append("")
-    mix = ", ".join(f"{m} {int(n)}" for m, n in list(report["model_mix"].items())[:6])
-    lines.append(f"greedy model mix: {mix}")
-    return "\n".join(lines)
-
-
-def run_demo(
-    benchmark: Path,
-    *,
-    out_dir: Path,
-    events_per_prompt: float,
-    config: PolicyConfig,
-    features: FeatureConfig,
-    passes: int,
-    embedder: EmbedderOptions,
-    registry: PolicyRegistry,
-    catalog_path: Path | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Split prompts 80/20 by hash, simulate uniform traffic on TRAIN, train, register, replay on TEST."""
-    t0 = time.perf_counter()
-    bench = load_benchmark(benchmark)
-    catalog = catalog_for_benchmark(benchmark, bench, catalog_path)
-    table = FullInfo.from_benchmark(bench, models=catalog.names)
-    train_rows, test_rows = split_by_hash(table.prompt_ids, 0.2)
-    train_table, test_table = table.subset(train_rows), table.subset(test_rows)
-    n_events = max(1, int(events_per_prompt * len(train_rows)))
-    logs_path = out_dir / "train_logs.parquet"
-    write_parquet(simulate(train_table, n_events, seed=seed), logs_path)
-    catalog.save(out_dir / "catalog.toml")
-    outcome = run_train(
-        logs_path,
-        catalog=catalog,
-        config=config,
-        features=features,
-        passes=passes,
-        embedder=embedder,
-        registry=registry,
-        extra_params={"benchmark": str(benchmark), "split": "sha256(prompt_id) < 0.2 is test"},
-    )
-    report = holdout_report(outcome.policy, embedder.build(), test_table)
-    registry.log_metrics(
-        outcome.version.run_id,
-        {
-            "holdout_quality": report["policy"]["quality"],
-            "holdout_cost_usd": report["policy"]["cost_usd"],
-            "holdout_best_single_quality": report["best_single"]["quality"],
-            "holdout_best_single_cost_usd": report["best_single"]["cost_usd"],
-        },
-    )
-    if not any(CHAMPION in v.aliases for v in registry.versions()):
-        registry.promote(outcome.version.version)
-    report.update(
-        {
-            "version": outcome.version.version,
-            "run_id": outcome.version.run_id,
-            "train_events": outcome.report.n_events,
-            "train_events_per_second": outcome.report.events_per_second,
-            "seconds": time.perf_counter() - t0,
-        }
-    )
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
-    return report
