@@ -1,6 +1,7 @@
 """The ``router-ml`` command line: a thin layer that parses flags and calls the pipelines.
 
-Training-side commands live in :mod:`training.pipelines`, which it imports only when a command runs.
+The jobs live in the :mod:`training` package (``pipelines``, ``evaluate``, ``benchmark``, ``demo``), imported
+only when a command runs.
 Every failure the user can fix (bad data, bad flags, unknown version) ends with one ``error:`` line
 and exit status 2, never a traceback. A promotion the gate refuses (the challenger did not clearly beat
 the alias's holder) ends with one ``refused:`` line and exit status 1, and changes nothing.

@@ -117,7 +117,11 @@ class Decision:
 
 
 class Policy:
-    """A contextual-bandit router over a :class:`Catalog`."""
+    """A contextual-bandit router over a :class:`Catalog`.
+
+    One writer at a time: the VW workspace and the cached action examples are not thread-safe, so a
+    service gives the policy a single owner and queues predictions and updates to it.
+    """
 
     def __init__(
         self,
