@@ -252,6 +252,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     print(f"\nregistered version {report['version']}; report in {out / 'report.json'}")
 
 
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from exc
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     from training.benchmark import BenchmarkConfig, format_table, run_benchmark, write_outputs
 
@@ -264,7 +271,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         seed=args.seed,
         workers=args.workers,
-        **({"lams": tuple(float(x) for x in args.lams.split(","))} if args.lams else {}),
+        **({"lams": _floats(args.lams, "--lams")} if args.lams else {}),
     )
     result = run_benchmark(args.train, args.test, bench_cfg, _embedder(args).build(), catalog_path=args.catalog)
     write_outputs(result, args.json, args.plot)

@@ -107,3 +107,21 @@ def test_benchmark_rejects_bad_input(home: Path, tmp_path: Path, shared_benchmar
     assert main(["benchmark", "--train", str(bad), "--test", str(bad), "--json", str(tmp_path / "x.json")]) == 2
     assert "'quality' must lie in [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--lams", "0.1,abc"], "--lams must be comma-separated numbers"),
+        (["--lams", "-1"], "'lams' must be finite numbers >= 0"),
+        (["--modes", "online,sideways"], "'modes' must be online and/or offline"),
+        (["--events-per-prompt", "0"], "'events_per_prompt' must be > 0"),
+    ],
+)
+def test_benchmark_rejects_bad_flags(  # type: ignore[no-untyped-def]
+    split: tuple[Path, Path], home: Path, tmp_path: Path, capsys, flags: list[str], fragment: str
+) -> None:
+    out = tmp_path / "x.json"
+    assert main(["benchmark", "--train", str(split[0]), "--test", str(split[1]), "--json", str(out), *flags]) == 2
+    assert fragment in capsys.readouterr().err
+    assert not out.exists()

@@ -56,6 +56,17 @@ class BenchmarkConfig:
     seed: int = 0
     workers: int = 2
 
+    def __post_init__(self) -> None:
+        unknown = set(self.modes) - {"online", "offline"}
+        if not self.modes or unknown:
+            raise ValueError(f"benchmark: 'modes' must be online and/or offline, got {sorted(unknown) or 'none'}")
+        if not self.lams or any(not (np.isfinite(lam) and lam >= 0) for lam in self.lams):
+            raise ValueError(f"benchmark: 'lams' must be finite numbers >= 0, got {list(self.lams)}")
+        if not self.events_per_prompt > 0:
+            raise ValueError(f"benchmark: 'events_per_prompt' must be > 0, got {self.events_per_prompt}")
+        if self.knn_k < 1 or self.workers < 1:
+            raise ValueError("benchmark: 'knn_k' and 'workers' must be >= 1")
+
 
 @dataclass
 class _Shared:
