@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -74,7 +75,7 @@ class Catalog:
                 raise CatalogError(f"catalog: model '{m.name}' appears twice")
             seen.add(m.name)
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
         """Model names in catalog order."""
         return [m.name for m in self.models]

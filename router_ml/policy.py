@@ -32,7 +32,7 @@ _SHARED = vw.CBLabel(shared=True)
 
 def _action_probs(prediction: object) -> list[tuple[int, float]]:
     """VW's ``cb_explore_adf`` prediction: (position among the offered actions, probability), sorted by probability."""
-    return [(int(a), float(p)) for a, p in cast(list[tuple[int, float]], prediction)]
+    return cast(list[tuple[int, float]], prediction)
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,8 @@ class Policy:
         self._action_examples = [self._example(a, _NO_LABEL) for a in self._actions]
         self.updates = 0
         self._offered: dict[tuple[str, ...] | None, list[int]] = {}
+        self._cores: dict[tuple[int, ...], list[Any]] = {}
+        self._last_shared: tuple[Context, Any] | None = None
 
     # -- examples -------------------------------------------------------------------------------
     @staticmethod
@@ -161,7 +163,13 @@ class Policy:
         go to vw-next's core directly: its Python wrapper re-checks the label type of all 32 examples on
         every call, which cost more than VW's own work here (vowpal-wabbit-next is pinned for this reason).
         """
-        cores = [self._example(shared, _SHARED)._example, *(self._action_examples[a]._example for a in actions)]
+        if self._last_shared is None or self._last_shared[0] is not shared:
+            # decide then learn on the same context (the online loop) reuses one shared example
+            self._last_shared = (shared, self._example(shared, _SHARED)._example)
+        key = tuple(actions)
+        if key not in self._cores:
+            self._cores[key] = [self._action_examples[a]._example for a in actions]
+        cores = [self._last_shared[1], *self._cores[key]]
         if learn is None:
             return _action_probs(self._ws._workspace.predict_multi_ex_one(cores))
         pos, vw_cost, propensity = learn

@@ -49,7 +49,7 @@ class BenchmarkConfig:
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    lams: tuple[float, ...] = tuple(lam_sweep(20, 1e-3, 3.0))
+    lams: tuple[float, ...] = tuple(lam_sweep(26, 1e-3, 3.0))
     events_per_prompt: float = 12.0
     knn_k: int = 100
     modes: tuple[str, ...] = ("online", "offline")
