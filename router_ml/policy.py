@@ -96,12 +96,6 @@ class PolicyConfig:
         """JSON form, for artifacts and MLflow params."""
         return json.dumps(asdict(self))
 
-    @classmethod
-    def from_json(cls, text: str) -> PolicyConfig:
-        """Inverse of :meth:`to_json`."""
-        data: dict[str, Any] = json.loads(text)
-        return cls(**data)
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -248,10 +242,7 @@ class Policy:
     ) -> float:
         """Learn from one graded decision on a precomputed context; returns the probability the policy gave
         ``model`` before the update (progressive validation)."""
-        actions, pos, vw_cost, p = self._checked(model, quality, cost_usd, propensity, candidates)
-        pred = self._run(context, actions, (pos, vw_cost, p))
-        self.updates += 1
-        return next((prob for a, prob in pred if a == pos), 0.0)
+        return self._learn_checked(context, self._checked(model, quality, cost_usd, propensity, candidates))
 
     def learn_one(
         self,
@@ -285,11 +276,16 @@ class Policy:
             raise ValueError("policy: learn_many needs one model, quality, cost, propensity and candidate set per row")
         rows = [self._checked(models[i], qualities[i], costs[i], propensities[i], candidates[i]) for i in range(n)]
         before = np.zeros(n, dtype=np.float64)
-        for i, (shared, (actions, pos, vw_cost, p)) in enumerate(zip(self.featurizer.shared(embeddings), rows)):
-            pred = self._run(shared, actions, (pos, vw_cost, p))
-            before[i] = next((prob for a, prob in pred if a == pos), 0.0)
-            self.updates += 1
+        for i, (shared, checked) in enumerate(zip(self.featurizer.shared(embeddings), rows)):
+            before[i] = self._learn_checked(shared, checked)
         return before
+
+    def _learn_checked(self, context: Context, checked: tuple[list[int], int, float, float]) -> float:
+        """One VW update from a validated event; the probability the logged model had before it."""
+        actions, pos, vw_cost, propensity = checked
+        pred = self._run(context, actions, (pos, vw_cost, propensity))
+        self.updates += 1
+        return next((prob for a, prob in pred if a == pos), 0.0)
 
     def _checked(
         self, model: str, quality: float, cost: float, propensity: float, candidates: Sequence[str] | None
