@@ -217,13 +217,23 @@ class Policy:
         self, context: Context, rng: np.random.Generator, candidates: Sequence[str] | None = None
     ) -> Decision:
         """Sample a model for a precomputed context; the decision carries its probability for off-policy use."""
-        probs = self.distribution(context, candidates)
+        return self.sample(self.distribution(context, candidates), rng)
+
+    def sample(self, probs: npt.NDArray[np.float64], rng: np.random.Generator) -> Decision:
+        """Draw a model from a distribution in catalog order; the decision carries the drawn model's probability."""
         choice = min(int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right")), len(probs) - 1)
         while probs[choice] == 0:  # float round-off at the top of the cumulative sum
             choice -= 1
         dist = dict(zip(self.catalog.names, probs.tolist()))
         model = self.catalog.names[choice]
         return Decision(model=model, probability=dist[model], distribution=dist)
+
+    @property
+    def gamma(self) -> float:
+        """SquareCB's ``gamma = gamma_scale * sqrt(updates)``: VW counts learned examples and saves the count."""
+        if self.config.exploration != "squarecb":
+            raise ValueError("policy: only a squarecb policy has a gamma (re-pricing needs it)")
+        return self.config.gamma_scale * float(np.sqrt(max(self.updates, 1)))
 
     def decide(
         self, embedding: npt.NDArray[np.float32], rng: np.random.Generator, candidates: Sequence[str] | None = None
@@ -312,6 +322,10 @@ class Policy:
     def model_bytes(self) -> bytes:
         """The VW model as bytes."""
         return self._ws.serialize()
+
+    def copy(self) -> Policy:
+        """An independent policy with the same weights (e.g. to save while this one keeps learning)."""
+        return self.with_catalog(self.catalog)
 
     def with_catalog(self, catalog: Catalog) -> Policy:
         """The same learned weights over a new catalog: known models keep what they learned, new ones are explored."""

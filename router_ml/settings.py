@@ -24,6 +24,11 @@ def embedding_cache_path() -> Path:
     return home() / "embeddings.sqlite"
 
 
+def decision_log_path() -> Path:
+    """The service's decision log: ``$ROUTER_ML_HOME/serve/decisions.sqlite``."""
+    return home() / "serve" / "decisions.sqlite"
+
+
 def default_benchmark() -> Path:
     """The benchmark the quickstart uses: ``$ROUTER_ML_BENCHMARK`` or the shared MMLU-Pro file."""
     env = os.environ.get(BENCHMARK_ENV)

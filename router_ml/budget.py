@@ -1,0 +1,119 @@
+"""Lambda at decision time: re-price a policy's decision for another cost weight, and hold a spend budget.
+
+A policy learns the reward ``quality - lam0 * cost_per_1k`` for its own ``lam0``. Serving often needs
+another weight: a tenant asks for cheaper answers, or a budget controller raises the price of cost.
+For the reward at ``lam``, each model's expected reward shifts by ``-(lam - lam0) * c_a``, where
+``c_a`` is the model's expected cost per 1,000 requests on this prompt (:func:`expected_cost_per_1k`).
+
+SquareCB (Foster and Rakhlin, 2020) turns VW's predicted costs ``s_a`` into probabilities
+``p_a = 1 / (K + gamma * (s_a - s_best))`` for every non-best action, the best one taking the rest,
+with ``gamma = gamma_scale * sqrt(updates)``. The rule inverts exactly, so the score gaps come back from
+the distribution (:func:`score_gaps`), are shifted by the cost term, and go through the same rule again
+(:func:`retarget`). The result is SquareCB's own distribution for the reward at ``lam``; the probability
+logged with a decision is the one it was sampled with, so off-policy evaluation stays valid.
+
+:class:`DualLambda` adds a Lagrange multiplier ``mu >= 0`` to lambda for the constraint *mean cost per
+1,000 requests <= target*, moved by projected sub-gradient steps on the observed spend.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from router_ml.catalog import Catalog
+
+Probs = npt.NDArray[np.float64]
+
+CHARS_PER_TOKEN = 4.0
+"""Token estimate for text before a provider has counted it (the benchmark's own convention)."""
+
+
+def estimate_tokens(text: str) -> int:
+    """``ceil(len(text) / 4)``, at least 1."""
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+def expected_cost_per_1k(catalog: Catalog, input_tokens: int, output_tokens: npt.ArrayLike) -> Probs:
+    """Each model's expected cost in USD per 1,000 such requests, in catalog order.
+
+    ``output_tokens`` is one expected completion length per model (or one for all).
+    """
+    out = np.broadcast_to(np.asarray(output_tokens, dtype=np.float64), (len(catalog),))
+    prices_in = np.array([m.input_usd_per_mtok for m in catalog.models])
+    prices_out = np.array([m.output_usd_per_mtok for m in catalog.models])
+    return np.asarray((input_tokens * prices_in + out * prices_out) / 1e6 * 1000.0, dtype=np.float64)
+
+
+def score_gaps(probs: Probs, gamma: float) -> Probs:
+    """Invert SquareCB: each offered action's predicted-cost gap to the best one, ``(1/p_a - K) / gamma``.
+
+    Actions with probability 0 (not offered) get ``inf``; the best action gets 0.
+    """
+    if gamma <= 0:
+        raise ValueError(f"budget: 'gamma' must be > 0, got {gamma}")
+    offered = probs > 0
+    k = int(offered.sum())
+    gaps = np.full(probs.shape, np.inf)
+    with np.errstate(divide="ignore"):
+        gaps[offered] = np.maximum((1.0 / probs[offered] - k) / gamma, 0.0)
+    gaps[int(np.argmax(probs))] = 0.0
+    return gaps
+
+
+def squarecb(gaps: Probs, gamma: float) -> Probs:
+    """SquareCB's distribution for predicted-cost gaps (``inf`` = not offered)."""
+    offered = np.isfinite(gaps)
+    k = int(offered.sum())
+    best = int(np.argmin(np.where(offered, gaps, np.inf)))
+    rel = np.where(offered, gaps - gaps[best], 0.0)
+    probs = np.where(offered, 1.0 / (k + gamma * rel), 0.0)
+    probs[best] = 0.0
+    probs[best] = max(1.0 - float(probs.sum()), 0.0)
+    return np.asarray(probs, dtype=np.float64)
+
+
+def retarget(probs: Probs, gamma: float, extra_cost: Probs) -> Probs:
+    """The distribution SquareCB would give if each action's predicted cost rose by ``extra_cost``.
+
+    For a reward weight ``lam`` instead of the policy's ``lam0``, ``extra_cost = (lam - lam0) * c_per_1k``.
+    """
+    if not np.any(extra_cost):
+        return probs
+    return squarecb(score_gaps(probs, gamma) + extra_cost, gamma)
+
+
+MAX_GRADIENT = 10.0
+"""One call at 100x the target moves the multiplier no more than one at 11x: a single outlier cannot flip routing."""
+
+
+@dataclass
+class DualLambda:
+    """A budget as a dual variable: ``mu <- max(0, mu + step * min((c_t - target) / target, 10))`` per call.
+
+    ``c_t`` is the call's cost in USD per 1,000 such calls. While spend runs above ``target`` the
+    multiplier grows and decisions move to cheaper models; below it, it decays back to 0. The
+    effective weight is ``lam + mu``. Thread-safe: costs arrive from request handlers.
+    """
+
+    target_usd_per_1k: float
+    step: float = 0.01
+    mu: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.target_usd_per_1k) and self.target_usd_per_1k > 0):
+            raise ValueError(f"budget: 'target_usd_per_1k' must be > 0, got {self.target_usd_per_1k}")
+        if not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"budget: 'step' must be > 0, got {self.step}")
+
+    def observe(self, cost_usd: float) -> float:
+        """Take one call's cost; returns the new multiplier."""
+        with self._lock:
+            gradient = min((cost_usd * 1000.0 - self.target_usd_per_1k) / self.target_usd_per_1k, MAX_GRADIENT)
+            self.mu = max(0.0, self.mu + self.step * gradient)
+            return self.mu

@@ -1,0 +1,86 @@
+"""Re-pricing a real VW policy's decision for another lambda, and the dual-variable budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router_ml import settings
+from router_ml.budget import DualLambda, expected_cost_per_1k, retarget, score_gaps, squarecb
+from router_ml.catalog import Catalog
+from router_ml.embed import CachedEmbedder
+from router_ml.features import FeatureConfig, Featurizer
+from router_ml.policy import Policy, PolicyConfig
+from router_ml.router import Router
+from tests.servekit import MODELS
+
+
+@pytest.fixture(scope="module")
+def router(embedder: CachedEmbedder) -> Router:
+    """A real policy that learned gpt-4o is best (quality 1) and the rest are not, at a small lam."""
+    full = Catalog.load(settings.default_catalog())
+    catalog = Catalog(tuple(full.spec(m) for m in MODELS))
+    prompts = [f"question {i}: what is {i} + {i}?" for i in range(40)]
+    emb = embedder.encode(prompts)
+    policy = Policy(catalog, Featurizer.fit(emb, FeatureConfig(clusters=(2,))), PolicyConfig(lam=0.01))
+    rng = np.random.default_rng(0)
+    for i in range(600):
+        d = policy.decide(emb[i % 40], rng)
+        policy.learn_one(emb[i % 40], d.model, float(d.model == "gpt-4o"), 1e-5, d.probability)
+    return Router(policy, embedder)
+
+
+def test_inverting_squarecb_gives_back_the_same_distribution(router: Router) -> None:
+    ctx = router.policy.featurizer.shared(router.embed("question 3: what is 3 + 3?").reshape(1, -1))[0]
+    for candidates in (None, ["gpt-4o", "gemini-1.5-flash"]):
+        probs = router.policy.distribution(ctx, candidates)
+        rebuilt = squarecb(score_gaps(probs, router.policy.gamma), router.policy.gamma)
+        assert np.allclose(rebuilt, probs, atol=1e-6)
+        assert np.array_equal(retarget(probs, router.policy.gamma, np.zeros(len(probs))), probs)
+
+
+def test_a_higher_lambda_buys_cheaper_decisions(router: Router) -> None:
+    prompt = "question 5: what is 5 + 5?"
+    emb = router.embed(prompt)
+    costs = expected_cost_per_1k(router.policy.catalog, 12, router.expected_output_tokens())
+    spent = []
+    for lam in (0.01, 1.0, 10.0, 1000.0):
+        draws = [router.decide(emb, np.random.default_rng(s), lam=lam, prompt_tokens=12) for s in range(200)]
+        dist = np.array(list(draws[0].distribution.values()))
+        assert dist.sum() == pytest.approx(1.0)
+        for d in draws[:5]:
+            assert d.probability == d.distribution[d.model] > 0
+        spent.append(float(dist @ costs))
+    assert spent[0] == pytest.approx(costs[router.policy.catalog.index("gpt-4o")], rel=0.05), "lam0 keeps gpt-4o"
+    assert spent == sorted(spent, reverse=True) and spent[-1] < spent[0] / 10
+    with pytest.raises(ValueError, match="lambda"):
+        router.decide(emb, np.random.default_rng(0), lam=float("nan"))
+
+
+def test_usage_moves_cost_estimates_and_unseen_models_borrow_the_pool(router: Router) -> None:
+    before = router.expected_output_tokens()
+    assert np.allclose(before, before[0])
+    router.observe_usage("gpt-4o", 10)
+    router.observe_usage("gpt-4o", 30)
+    after = router.expected_output_tokens()
+    gpt = router.policy.catalog.index("gpt-4o")
+    assert after[gpt] == pytest.approx((40 + 20) / 3)
+    assert np.allclose(np.delete(after, gpt), 20.0)
+
+
+def test_dual_lambda_holds_a_budget() -> None:
+    """A simulated stream: each call costs what the current multiplier buys; spend settles near the target."""
+    budget = DualLambda(target_usd_per_1k=1.0, step=0.05)
+    rng = np.random.default_rng(0)
+    costs = []
+    for _ in range(4000):
+        # an expensive model ($5 per 1k) unless the multiplier makes the cheap one ($0.2 per 1k) worth it
+        p_expensive = 1.0 / (1.0 + np.exp(20 * (budget.mu - 0.3)))
+        cost = (5.0 if rng.random() < p_expensive else 0.2) / 1000.0
+        costs.append(cost)
+        budget.observe(cost)
+    late = np.mean(costs[-2000:]) * 1000
+    assert 0.8 < late < 1.25, late
+    assert budget.mu > 0
+    with pytest.raises(ValueError, match="target_usd_per_1k"):
+        DualLambda(target_usd_per_1k=0)
