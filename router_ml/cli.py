@@ -168,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="+")
     p.add_argument("--policy", default="champion")
     p.add_argument("--tracking-uri", default=None)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the policy over HTTP: route, feedback, OpenAI-compatible chat completions (see serve/config.py)",
+    )
+    p.add_argument("--config", type=Path, default=None, help="service TOML (default: all defaults)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+
+    p = sub.add_parser("export-logs", help="write the service's decision log as logged-traffic Parquet for train")
+    p.add_argument("--log", type=Path, default=None, help="decision log (default: the service's)")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--include-fallback", action="store_true", help="keep decisions a fallback model answered")
     return parser
 
 
@@ -344,6 +357,27 @@ def _cmd_route(args: argparse.Namespace) -> None:
         print(json.dumps({"prompt": prompt[:60], "model": model, "probability": round(prob, 4), "version": version}))
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from serve.app import run
+
+    run(str(args.config) if args.config else None, args.host, args.port)
+
+
+def _cmd_export_logs(args: argparse.Namespace) -> None:
+    from router_ml.decision_log import DecisionLog
+
+    path = args.log or settings.decision_log_path()
+    if not Path(path).exists():
+        raise FileNotFoundError(f"export-logs: no decision log at {path}")
+    decision_log = DecisionLog(path)
+    try:
+        frame = decision_log.export(args.out, include_fallback=args.include_fallback)
+    finally:
+        decision_log.close()
+    graded = frame.filter(frame["quality"].is_not_null()).height
+    print(f"wrote {frame.height} decisions ({graded} graded) to {args.out}")
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "catalog": _cmd_catalog,
     "simulate": _cmd_simulate,
@@ -355,6 +389,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "promote": _cmd_promote,
     "versions": _cmd_versions,
     "route": _cmd_route,
+    "serve": _cmd_serve,
+    "export-logs": _cmd_export_logs,
 }
 
 

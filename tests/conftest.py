@@ -9,7 +9,16 @@ import polars as pl
 import pytest
 
 from router_ml import settings
+from router_ml.artifacts import PolicyArtifact
+from router_ml.catalog import Catalog
+from router_ml.contracts import load_benchmark
 from router_ml.embed import CachedEmbedder, EmbeddingCache, SentenceTransformerEmbedder
+from router_ml.features import FeatureConfig
+from router_ml.fullinfo import FullInfo
+from router_ml.learn import train_policy
+from router_ml.policy import PolicyConfig
+from router_ml.simulate import simulate
+from tests.servekit import MODELS
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -69,3 +78,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedding_cache_dir: P
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "embeddings.sqlite").symlink_to(embedding_cache_dir / "embeddings.sqlite")
     return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def policy_artifact(small_benchmark: Path, embedder: CachedEmbedder) -> PolicyArtifact:
+    """A real policy over four catalog models, trained on simulated traffic from the shared benchmark."""
+    bench = load_benchmark(small_benchmark).filter(pl.col("model").is_in(MODELS))
+    full = Catalog.load(settings.default_catalog())
+    catalog = Catalog(tuple(full.spec(m) for m in MODELS))
+    logs = simulate(FullInfo.from_benchmark(bench, models=catalog.names), 400, seed=0)
+    policy, _ = train_policy(logs, embedder, catalog, PolicyConfig(), FeatureConfig(clusters=(4,)), progress=False)
+    return PolicyArtifact(policy, embedder=embedder.name)

@@ -1,0 +1,299 @@
+"""The online learner: the single owner of the policy, which decides, learns, snapshots and reloads.
+
+Every touch of the VW model runs on one thread (``policy`` executor), so decisions and updates never
+overlap. MLflow work (snapshots, alias polling, loading a new champion) runs on a second thread
+(``registry`` executor) and hands results to the policy thread.
+
+Nothing acknowledged is lost from the model either: feedback is committed to the decision log before
+it is learned, each snapshot records the highest feedback sequence number it contains, and a restart
+(or a reload of a version this log produced) replays the feedback committed after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from router_ml.artifacts import PolicyArtifact
+from router_ml.decision_log import DecisionLog, GradedDecision
+from router_ml.policy import Decision
+from router_ml.registry import PolicyRegistry, VersionInfo
+from router_ml.router import Router
+from serve.config import LearningConfig
+from serve.metrics import Metrics
+
+log = logging.getLogger("router_ml.serve")
+T = TypeVar("T")
+
+_MEMO = 20_000
+"""Embeddings kept in memory between a decision and its feedback; older ones are embedded again."""
+
+TAG_SOURCE, TAG_PARENT, TAG_BASE, TAG_LOG, TAG_SEQ = (
+    "source",
+    "parent_version",
+    "base_version",
+    "log_id",
+    "feedback_seq",
+)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A policy as loaded: the artifact, its version label, and the registry version it descends from."""
+
+    artifact: PolicyArtifact
+    version: str
+    base_version: str
+    tags: dict[str, str]
+
+
+class OnlineLearner:
+    """Owns a :class:`Router`; decides and learns on one thread, snapshots to MLflow on another."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        router: Router,
+        decision_log: DecisionLog,
+        registry: PolicyRegistry,
+        config: LearningConfig,
+        metrics: Metrics,
+        *,
+        alias: str | None,
+    ) -> None:
+        self.router = router
+        self.log = decision_log
+        self.registry = registry
+        self.config = config
+        self.metrics = metrics
+        self.alias = alias
+        self._artifact = loaded.artifact
+        self._version = loaded.version
+        self._base = loaded.base_version
+        self._updates_at_version = router.policy.updates
+        self._rng = np.random.default_rng(config.seed)
+        self._policy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self._registry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
+        self._memo: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._seq_lock = threading.Lock()
+        self._pending: set[int] = set()
+        self._applied_seq = 0
+        self._last_snapshot = time.monotonic()
+        self._snapshotting = False
+        self.applied = 0
+
+    # -- the policy thread ----------------------------------------------------------------------
+    async def _on_policy(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._policy, fn)
+
+    @property
+    def version(self) -> str:
+        """The loaded version, with ``+n`` for the online updates made since."""
+        extra = self.router.policy.updates - self._updates_at_version
+        return f"{self._version}+{extra}" if extra else self._version
+
+    async def decide(
+        self,
+        decision_id: str,
+        embedding: npt.NDArray[np.float32],
+        *,
+        candidates: Sequence[str] | None,
+        lam: float | None,
+        prompt_tokens: int,
+    ) -> tuple[Decision, str]:
+        """Sample a model on the policy thread; returns the decision and the version that made it."""
+
+        def run() -> tuple[Decision, str]:
+            decision = self.router.decide(
+                embedding, self._rng, candidates=candidates, lam=lam, prompt_tokens=prompt_tokens
+            )
+            self._memo[decision_id] = embedding
+            if len(self._memo) > _MEMO:
+                self._memo.popitem(last=False)
+            return decision, self.version
+
+        return await self._on_policy(run)
+
+    async def observe_usage(self, model: str, output_tokens: int) -> None:
+        """Fold a metered completion length into the router's cost estimate."""
+        await self._on_policy(lambda: self.router.observe_usage(model, output_tokens))
+
+    def record_feedback(self, decision_id: str, quality: float, cost_usd: float | None) -> GradedDecision:
+        """Commit feedback to the log and queue the update (call from a worker thread, not the event loop).
+
+        The commit and the queueing happen under one lock, so a snapshot never claims a feedback
+        sequence number whose update is still in flight.
+        """
+        with self._seq_lock:
+            graded = self.log.record_feedback(decision_id, quality, cost_usd)
+            self._pending.add(graded.seq)
+        self._policy.submit(self._learn, graded)
+        return graded
+
+    def _learn(self, graded: GradedDecision) -> None:
+        try:
+            if graded.learnable:
+                embedding = self._memo.pop(graded.decision_id, None)
+                if embedding is None:
+                    embedding = self.router.embed(graded.prompt)
+                self.router.policy.learn_one(
+                    embedding, graded.model, graded.quality, graded.cost_usd, graded.propensity, graded.candidates
+                )
+                self.applied += 1
+                self.metrics.updates.set(self.router.policy.updates - self._updates_at_version)
+        except Exception:  # a bad row must not stop the learner; the log keeps it for offline training
+            log.exception("online update failed for decision %s", graded.decision_id)
+        finally:
+            with self._seq_lock:
+                self._pending.discard(graded.seq)
+                self._applied_seq = max(self._applied_seq, graded.seq)
+        self._maybe_snapshot(by_time=False)
+
+    def _high_water(self) -> int:
+        """Every feedback with a sequence number up to this one is in the model."""
+        with self._seq_lock:
+            return min(self._pending) - 1 if self._pending else max(self._applied_seq, self.log.last_feedback_seq())
+
+    def catch_up(self, after_seq: int) -> int:
+        """Learn the feedback committed after ``after_seq`` (call on the policy thread or before serving)."""
+        n = 0
+        for graded in self.log.graded_since(after_seq):
+            with self._seq_lock:
+                if graded.seq in self._pending:  # already queued: its own job learns it
+                    continue
+                self._pending.add(graded.seq)
+            self._learn(graded)
+            n += 1
+        return n
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def _maybe_snapshot(self, *, by_time: bool) -> Future[None] | None:
+        """On the policy thread: take a snapshot when enough updates or time have passed."""
+        new = self.router.policy.updates - self._updates_at_version
+        due = new >= self.config.snapshot_every_updates or (
+            by_time and new > 0 and time.monotonic() - self._last_snapshot >= self.config.snapshot_every_seconds
+        )
+        if not due or self._snapshotting:
+            return None
+        return self._snapshot()
+
+    def _snapshot(self) -> Future[None]:
+        policy = self.router.policy
+        frozen = PolicyArtifact(
+            policy=policy.copy(),
+            embedder=self._artifact.embedder,
+            embedder_path=self._artifact.embedder_path,
+            parent_version=self._version,
+        )
+        tags = {
+            TAG_SOURCE: "online",
+            TAG_PARENT: self._version,
+            TAG_BASE: self._base,
+            TAG_LOG: self.log.log_id,
+            TAG_SEQ: str(self._high_water()),
+        }
+        updates = policy.updates
+        self._snapshotting = True
+        self._last_snapshot = time.monotonic()
+
+        def register() -> None:
+            try:
+                info = self.registry.log_version(
+                    frozen,
+                    params={"config": policy.config.to_json(), "updates": updates},
+                    metrics={"online_updates": float(updates)},
+                    tags=tags,
+                    run_name=f"online-{self._base}",
+                )
+                self._policy.submit(self._snapshotted, info, updates, frozen).result()
+                self.metrics.snapshots.inc()
+            except Exception:
+                log.exception("snapshot failed; the next one will retry")
+                self._snapshotting = False
+
+        return self._registry.submit(register)
+
+    def _snapshotted(self, info: VersionInfo, updates: int, artifact: PolicyArtifact) -> None:
+        self._version, self._updates_at_version, self._artifact = info.version, updates, artifact
+        self._snapshotting = False
+
+    async def snapshot_now(self) -> str:
+        """Force a snapshot (when there is anything new) and wait for it; returns the version label."""
+        future = await self._on_policy(self._snapshot)
+        await asyncio.wrap_future(future)
+        return self.version
+
+    # -- reloads --------------------------------------------------------------------------------
+    async def tick(self) -> None:
+        """Periodic work: a time-based snapshot, then a check whether the alias moved."""
+        await self._on_policy(lambda: self._maybe_snapshot(by_time=True))
+
+    def poll_alias(self) -> bool:
+        """On a worker thread: when the alias points at a new version, load it and swap it in. True if swapped."""
+        if self.alias is None:
+            return False
+        info = self.registry.aliased(self.alias)
+        if info is None or info.version == self._base:
+            return False
+        loaded = resolve_start(self.registry, self.alias, self.log)
+        router = Router(loaded.artifact.policy, self.router.embedder, loaded.version)
+        if loaded.artifact.embedder != self._artifact.embedder:
+            router = Router.from_artifact(loaded.artifact, version=loaded.version)
+        self._policy.submit(self._swap, loaded, router).result()
+        self.metrics.reloads.inc()
+        return True
+
+    def _swap(self, loaded: Loaded, router: Router) -> None:
+        self.router, self._artifact = router, loaded.artifact
+        self._version, self._base = loaded.version, loaded.base_version
+        self._updates_at_version = router.policy.updates
+        self._memo.clear()
+        self.catch_up(start_seq(self.log, loaded))
+
+    def start(self, loaded: Loaded) -> int:
+        """Before serving: learn what the log holds beyond the loaded version. Returns how many updates."""
+        return self._policy.submit(self.catch_up, start_seq(self.log, loaded)).result()
+
+    def close(self) -> None:
+        """Finish queued updates and registry work."""
+        self._policy.shutdown(wait=True)
+        self._registry.shutdown(wait=True)
+
+
+def resolve_start(registry: PolicyRegistry, ref: str, decision_log: DecisionLog) -> Loaded:
+    """The policy to serve for ``ref`` (a policy folder, an alias or a version): the newest online snapshot this
+    log made of it, else the policy itself."""
+    folder = Path(ref)
+    base = f"file:{folder.resolve()}" if folder.is_dir() else registry.resolve(ref).version
+    mine = [
+        v for v in registry.versions() if v.tags.get(TAG_LOG) == decision_log.log_id and v.tags.get(TAG_BASE) == base
+    ]
+    if mine:
+        artifact, info = registry.load(mine[0].version)
+        return Loaded(artifact, info.version, base, info.tags)
+    if folder.is_dir():
+        return Loaded(PolicyArtifact.load(folder), base, base, {})
+    artifact, info = registry.load(base)
+    return Loaded(artifact, info.version, base, info.tags)
+
+
+def start_seq(decision_log: DecisionLog, loaded: Loaded) -> int:
+    """Feedback after this sequence number is not in ``loaded`` yet.
+
+    An online snapshot of this log says so in its tags. Any other version is marked in the log the first
+    time it is served, so a restart before its first snapshot still replays what came after.
+    """
+    if loaded.tags.get(TAG_LOG) == decision_log.log_id and TAG_SEQ in loaded.tags:
+        return int(loaded.tags[TAG_SEQ])
+    return decision_log.mark(f"base:{loaded.version}")
