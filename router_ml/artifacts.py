@@ -7,7 +7,7 @@
       catalog.toml    the models, in the order the policy's actions use
       features.json   feature config and embedding width
       centroids.npz   k-means centroids of each granularity
-      policy.json     learner config, embedder name and path, update count, parent version
+      policy.json     learner config, embedder name, path and backend, update count, parent version
 
 The folder is written atomically: a crash leaves either the old folder or the new one.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from router_ml.atomic import atomic_write_dir
 from router_ml.catalog import Catalog
-from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, SentenceTransformerEmbedder
+from router_ml.embed import BACKENDS, CachedEmbedder, Embedder, EmbeddingCache, backend_of, build_encoder
 from router_ml.features import Featurizer
 from router_ml.policy import Policy, PolicyConfig
 
@@ -33,12 +33,30 @@ FILES = ("model.vw", "catalog.toml", "features.json", "centroids.npz", "policy.j
 
 @dataclass
 class PolicyArtifact:
-    """A policy plus the metadata that travels with it."""
+    """A policy plus the metadata that travels with it.
+
+    ``embedder_backend`` (``torch`` or ``onnx``) defaults to the backend the embedder's name says built it; a policy
+    folder written before backends existed is ``torch``.
+    """
 
     policy: Policy
     embedder: str
     embedder_path: str | None = None
     parent_version: str | None = None
+    embedder_backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.embedder_backend is None:
+            self.embedder_backend = backend_of(self.embedder)
+        if self.embedder_backend not in BACKENDS:
+            raise ValueError(
+                f"policy: embedder_backend must be one of {', '.join(BACKENDS)}, got {self.embedder_backend!r}"
+            )
+
+    @property
+    def backend(self) -> str:
+        """The embedder backend this policy was trained with."""
+        return self.embedder_backend or backend_of(self.embedder)
 
     def save(self, path: str | Path) -> Path:
         """Write the folder atomically and return its path."""
@@ -54,6 +72,7 @@ class PolicyArtifact:
                 "config": json.loads(self.policy.config.to_json()),
                 "embedder": self.embedder,
                 "embedder_path": self.embedder_path,
+                "embedder_backend": self.backend,
                 "updates": self.policy.updates,
                 "parent_version": self.parent_version,
             }
@@ -65,10 +84,11 @@ class PolicyArtifact:
     def build_embedder(
         self, *, threads: int | None = None, batch_size: int = 16, cache: EmbeddingCache | None = None
     ) -> Embedder:
-        """The embedder this policy was trained with (same model and truncation), optionally behind ``cache``."""
+        """The embedder this policy was trained with (same backend, model and truncation), optionally behind
+        ``cache``."""
         max_len = int(self.embedder.rsplit("@", 1)[1]) if "@" in self.embedder else None
-        inner = SentenceTransformerEmbedder(
-            self.embedder_path, threads=threads, batch_size=batch_size, max_seq_length=max_len
+        inner = build_encoder(
+            self.backend, self.embedder_path, threads=threads, batch_size=batch_size, max_len=max_len
         )
         if inner.name != self.embedder:
             raise ValueError(f"policy was trained with embedder '{self.embedder}' but '{inner.name}' was loaded")
@@ -97,4 +117,5 @@ class PolicyArtifact:
             embedder=str(meta["embedder"]),
             embedder_path=meta.get("embedder_path"),
             parent_version=meta.get("parent_version"),
+            embedder_backend=meta.get("embedder_backend"),
         )

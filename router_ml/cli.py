@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from router_ml import settings
+from router_ml.embed import BACKENDS, DEFAULT_BACKEND
 from router_ml.features import FeatureConfig
 from router_ml.policy import PolicyConfig
 
@@ -27,7 +28,12 @@ if TYPE_CHECKING:
 
 
 def _evaluation_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default $ROUTER_ML_TORCH_THREADS or 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="embedder threads (torch: $ROUTER_ML_TORCH_THREADS or 1; onnx: $ROUTER_ML_ONNX_THREADS or min(cores, 4))",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="embedding batch size")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or local)")
 
@@ -54,7 +60,20 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     f.add_argument("--interactions", default="cm", help="shared x action namespace pairs for VW -q (e.g. cm,em,cp)")
     e = p.add_argument_group("embedder")
     e.add_argument("--embedder", default=None, help="local sentence-transformers folder (default: packaged MiniLM)")
-    e.add_argument("--threads", type=int, default=None, help="torch threads (default $ROUTER_ML_TORCH_THREADS or 1)")
+    e.add_argument(
+        "--embedder-backend",
+        choices=list(BACKENDS),
+        default=DEFAULT_BACKEND,
+        help="torch (sentence-transformers) or onnx (the same model on ONNX Runtime, fp32; built once and cached "
+        "under $ROUTER_ML_HOME/onnx); recorded in the policy, which rebuilds the same one to route",
+    )
+    e.add_argument("--max-len", type=int, default=None, help="embedder truncation length in tokens (default 256)")
+    e.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="embedder threads (torch: $ROUTER_ML_TORCH_THREADS or 1; onnx: $ROUTER_ML_ONNX_THREADS or min(cores, 4))",
+    )
     e.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or local)")
 
@@ -193,7 +212,13 @@ def _registry(args: argparse.Namespace) -> PolicyRegistry:
 def _embedder(args: argparse.Namespace) -> EmbedderOptions:
     from training.pipelines import EmbedderOptions
 
-    return EmbedderOptions(getattr(args, "embedder", None), args.threads, args.batch_size)
+    return EmbedderOptions(
+        getattr(args, "embedder", None),
+        args.threads,
+        args.batch_size,
+        backend=getattr(args, "embedder_backend", DEFAULT_BACKEND),
+        max_len=getattr(args, "max_len", None),
+    )
 
 
 def _cmd_catalog(args: argparse.Namespace) -> None:

@@ -20,6 +20,9 @@ from tqdm.auto import tqdm
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 THREADS_ENV = "ROUTER_ML_TORCH_THREADS"
+# How the encoder runs: sentence-transformers on torch, or the same model exported to ONNX Runtime (fp32).
+BACKENDS = ("torch", "onnx")
+DEFAULT_BACKEND = "torch"
 
 Matrix = npt.NDArray[np.float32]
 
@@ -124,6 +127,34 @@ class SentenceTransformerEmbedder:
             show_progress_bar=progress,
         )
         return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def backend_of(name: str) -> str:
+    """The backend an embedder name was produced by: ``...-onnx-<precision>@N`` is ONNX, anything else torch."""
+    base = name.rsplit("@", 1)[0]
+    return "onnx" if "-onnx-" in base else "torch"
+
+
+def build_encoder(
+    backend: str = DEFAULT_BACKEND,
+    model_path: str | Path | None = None,
+    *,
+    threads: int | None = None,
+    batch_size: int = 16,
+    max_len: int | None = None,
+) -> Embedder:
+    """The encoder of ``backend`` (``torch`` or ``onnx``) for a local model folder (default: packaged MiniLM).
+
+    ``threads`` are torch threads for ``torch`` and ONNX Runtime intra-op threads for ``onnx``; ``max_len`` is the
+    truncation length in tokens (default: the model's own, 256 for MiniLM).
+    """
+    if backend == "torch":
+        return SentenceTransformerEmbedder(model_path, threads=threads, batch_size=batch_size, max_seq_length=max_len)
+    if backend == "onnx":
+        from router_ml.onnx_embed import OnnxEmbedder
+
+        return OnnxEmbedder(model_path, threads=threads, batch_size=batch_size, max_len=max_len)
+    raise ValueError(f"embedder backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
 def text_key(text: str) -> bytes:

@@ -13,7 +13,7 @@ from router_ml.artifacts import PolicyArtifact
 from router_ml.atomic import atomic_write_with
 from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark, load_logs
-from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, SentenceTransformerEmbedder
+from router_ml.embed import DEFAULT_BACKEND, CachedEmbedder, Embedder, EmbeddingCache, build_encoder
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import TrainReport, file_fingerprint, train_policy
@@ -25,16 +25,22 @@ from router_ml.split import split_by_hash
 
 @dataclass(frozen=True)
 class EmbedderOptions:
-    """How to build the (cached) embedder."""
+    """How to build the (cached) embedder: ``backend`` is ``torch`` (sentence-transformers) or ``onnx`` (the same
+    model on ONNX Runtime); ``max_len`` is the truncation length in tokens (default: the model's, 256 for MiniLM).
+    The backend is part of the embedder's name, so a policy records it and rebuilds the same one at load."""
 
     model_path: str | None = None
     threads: int | None = None
     batch_size: int = 16
     cache: Path | None = None
+    backend: str = DEFAULT_BACKEND
+    max_len: int | None = None
 
     def build(self) -> Embedder:
-        """The sentence-transformers encoder behind the on-disk cache."""
-        inner = SentenceTransformerEmbedder(self.model_path, threads=self.threads, batch_size=self.batch_size)
+        """The encoder behind the on-disk cache."""
+        inner = build_encoder(
+            self.backend, self.model_path, threads=self.threads, batch_size=self.batch_size, max_len=self.max_len
+        )
         return CachedEmbedder(inner, EmbeddingCache(self.cache or settings.embedding_cache_path()))
 
 
