@@ -30,7 +30,7 @@ from router_ml.budget import estimate_tokens
 from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark
 from router_ml.decision_log import DecisionLog, DecisionRecord, new_decision_id
-from router_ml.embed import SentenceTransformerEmbedder
+from router_ml.embed import BACKENDS, DEFAULT_BACKEND, Embedder, build_encoder
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
@@ -58,7 +58,7 @@ def prompts_by_length(n: int) -> tuple[list[str], list[str]]:
     return [short[i % len(short)] for i in range(n)], [long[i % len(long)] for i in range(n)]
 
 
-def train_small_policy(embedder: SentenceTransformerEmbedder) -> PolicyArtifact:
+def train_small_policy(embedder: Embedder) -> PolicyArtifact:
     bench = load_benchmark(settings.default_benchmark())
     ids = bench["prompt_id"].unique().sort().head(300)
     bench = bench.filter(pl.col("prompt_id").is_in(ids.implode()))
@@ -76,7 +76,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def in_process_breakdown(artifact: PolicyArtifact, embedder: SentenceTransformerEmbedder, texts: list[str]) -> str:
+def in_process_breakdown(artifact: PolicyArtifact, embedder: Embedder, texts: list[str]) -> str:
     """The same steps as the service's route, timed one by one (medians, ms)."""
     router = Router(artifact.policy, embedder)
     rng = np.random.default_rng(0)
@@ -115,10 +115,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="sequential routes per prompt length")
     parser.add_argument("--concurrent", type=int, default=800, help="routes sent by 8 clients at once")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the policy's embedder")
     args = parser.parse_args()
     short, long = prompts_by_length(args.requests + args.concurrent)
-    embedder = SentenceTransformerEmbedder(threads=1)
-    print(f"machine: {machine()}")
+    embedder = build_encoder(args.backend)
+    print(f"machine: {machine()}; embedder {embedder.name}")
     print("training a small policy over the full catalog ...", flush=True)
     artifact = train_small_policy(embedder)
     print("in-process route, short prompts:", in_process_breakdown(artifact, embedder, short[:100]))

@@ -421,6 +421,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``router-ml`` console script."""
+    from threadpoolctl import threadpool_limits
+
     from router_ml.catalog import CatalogError
     from router_ml.contracts import DataValidationError
     from router_ml.registry import RegistryError
@@ -428,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
-        return COMMANDS[args.command](args) or 0
+        with threadpool_limits(limits=settings.blas_threads()):
+            return COMMANDS[args.command](args) or 0
     except (DataValidationError, CatalogError, RegistryError, ValueError, FileNotFoundError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,8 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 THREADS_ENV = "ROUTER_ML_TORCH_THREADS"
 # How the encoder runs: sentence-transformers on torch, or the same model exported to ONNX Runtime (fp32).
 BACKENDS = ("torch", "onnx")
-DEFAULT_BACKEND = "torch"
+DEFAULT_BACKEND = "onnx"
+"""ONNX Runtime runs the same MiniLM weights 3.5x faster on short prompts, cosine 1.00000 to torch (README)."""
 
 Matrix = npt.NDArray[np.float32]
 

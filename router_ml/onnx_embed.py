@@ -2,9 +2,9 @@
 
 The packaged MiniLM (or any local sentence-transformers folder with mean pooling) is exported once to ONNX from its
 local weights with ``torch.onnx.export`` (the TorchScript exporter: needs only torch and onnx), optionally
-quantised to int8 with ONNX Runtime's dynamic quantisation, and cached on disk under ``$ROUTER_ML_HOME/onnx/``,
-keyed by the source model, the truncation length, the precision and :data:`RECIPE_VERSION`. Later constructions load
-the cached file; nothing is downloaded.
+quantised to int8 with ONNX Runtime's dynamic quantisation, and cached on disk under ``$ROUTER_ML_HOME/onnx/``
+(or ``$ROUTER_ML_ONNX_DIR``), keyed by the source model, the truncation length, the precision and
+:data:`RECIPE_VERSION`. Later constructions load the cached file; nothing is downloaded.
 
 Inference tokenises with the fast HF tokenizer from the same folder (exactly the ids sentence-transformers feeds the
 model), runs the texts sorted by token length in buckets so a batch pads little, then mean-pools over the attention
@@ -189,7 +189,7 @@ def cached_onnx_path(
 ) -> Path:
     """Where the built model lives: ``$ROUTER_ML_HOME/onnx/<label>-<fingerprint>-<precision>@<max_len>-v<N>.onnx``,
     the fingerprint being :func:`model_fingerprint` of the source folder."""
-    root = (home or settings.home()) / "onnx"
+    root = home / "onnx" if home is not None else settings.onnx_dir()
     stem = f"{label or model_dir.name}-{model_fingerprint(model_dir)}-{precision}@{max_len}-v{RECIPE_VERSION}"
     return root / f"{stem}.onnx"
 

@@ -23,6 +23,14 @@ from tests.servekit import MODELS
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of built ONNX embedders for the session and the servers it starts: built once, not per test."""
+    path = tmp_path_factory.mktemp("onnx")
+    os.environ[settings.ONNX_DIR_ENV] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_benchmark() -> Path:
     path = settings.default_benchmark()

@@ -112,7 +112,7 @@ def test_thread_count_and_backend_choice(monkeypatch: pytest.MonkeyPatch) -> Non
     args = build_parser().parse_args(["train", "--logs", "x.parquet", "--embedder-backend", "onnx", "--max-len", "128"])
     options = _embedder(args)
     assert (options.backend, options.max_len) == ("onnx", 128)
-    assert _embedder(build_parser().parse_args(["train", "--logs", "x.parquet"])).backend == "torch"
+    assert _embedder(build_parser().parse_args(["train", "--logs", "x.parquet"])).backend == "onnx", "the default"
 
 
 def test_policy_folder_records_the_backend_and_rebuilds_it(
