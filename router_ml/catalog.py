@@ -80,18 +80,22 @@ class Catalog:
         """Model names in catalog order."""
         return [m.name for m in self.models]
 
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {m.name: i for i, m in enumerate(self.models)}
+
     def __len__(self) -> int:
         return len(self.models)
 
     def __contains__(self, name: object) -> bool:
-        return any(m.name == name for m in self.models)
+        return isinstance(name, str) and name in self._positions
 
     def index(self, name: str) -> int:
-        """Position of ``name`` in catalog order."""
-        for i, m in enumerate(self.models):
-            if m.name == name:
-                return i
-        raise KeyError(f"model '{name}' is not in the catalog ({len(self.models)} models)")
+        """Position of ``name`` in catalog order (a dict lookup: the learning loop asks once per event)."""
+        try:
+            return self._positions[name]
+        except KeyError:
+            raise KeyError(f"model '{name}' is not in the catalog ({len(self.models)} models)") from None
 
     def spec(self, name: str) -> ModelSpec:
         """The entry for ``name``."""
