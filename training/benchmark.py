@@ -79,6 +79,33 @@ class _Shared:
     train_emb: npt.NDArray[np.float32]
     test_emb: npt.NDArray[np.float32]
     config: BenchmarkConfig
+    offline_log: _UniformLog | None = None
+
+
+@dataclass(frozen=True)
+class _UniformLog:
+    """The offline mode's uniformly logged events: the same for every lam (one seed), so simulated once."""
+
+    rows: npt.NDArray[np.int64]
+    models: list[str]
+    quality: npt.NDArray[np.float64]
+    cost: npt.NDArray[np.float64]
+    propensity: npt.NDArray[np.float64]
+    candidates: list[list[str] | None]
+
+    @classmethod
+    def draw(cls, train: FullInfo, n_events: int, seed: int) -> _UniformLog:
+        """Simulate the log and keep it as arrays."""
+        logs = simulate(train, n_events, seed=seed)
+        row = {pid: i for i, pid in enumerate(train.prompt_ids)}
+        return cls(
+            rows=np.array([row[p] for p in logs["prompt_id"].to_list()], dtype=np.int64),
+            models=logs["model"].to_list(),
+            quality=logs["quality"].to_numpy(),
+            cost=logs["cost_usd"].to_numpy(),
+            propensity=logs["propensity"].to_numpy(),
+            candidates=[None if len(c) == len(train.models) else c for c in logs["candidates"].to_list()],
+        )
 
 
 _STATE: _Shared | None = None
@@ -91,27 +118,26 @@ def _train_one(task: tuple[str, float]) -> tuple[str, float, Point, float]:
     assert st is not None
     cfg = st.config
     policy = Policy(st.catalog, st.featurizer, replace(cfg.policy, lam=lam))
-    n_events = max(1, round(cfg.events_per_prompt * len(st.train.prompts)))
+    n_events = _n_events(cfg, st.train)
     t0 = time.perf_counter()
     if mode == "online":
         learn_online(policy, st.train, st.train_emb, n_events, seed=cfg.seed)
     else:
-        logs = simulate(st.train, n_events, seed=cfg.seed)
-        row = {pid: i for i, pid in enumerate(st.train.prompt_ids)}
-        idx = np.array([row[p] for p in logs["prompt_id"].to_list()], dtype=np.int64)
-        cands = [None if len(c) == len(st.catalog) else c for c in logs["candidates"].to_list()]
-        policy.learn_many(
-            st.train_emb[idx],
-            logs["model"].to_list(),
-            logs["quality"].to_numpy(),
-            logs["cost_usd"].to_numpy(),
-            logs["propensity"].to_numpy(),
-            cands,
-        )
+        log = st.offline_log or _UniformLog.draw(st.train, n_events, cfg.seed)
+        contexts = st.featurizer.shared(st.train_emb)  # once per prompt, not once per event
+        for i, r in enumerate(log.rows):
+            policy.learn_context(
+                contexts[r], log.models[i], log.quality[i], log.cost[i], log.propensity[i], log.candidates[i]
+            )
     seconds = time.perf_counter() - t0
     choices = policy.predict_many(st.test_emb).argmax(axis=1)
     r = replay_choices(st.test, choices, f"{mode}:{lam}")
     return mode, lam, (r.cost_usd, r.quality), n_events / seconds
+
+
+def _n_events(config: BenchmarkConfig, train: FullInfo) -> int:
+    """Events per policy: ``events_per_prompt`` x #TRAIN prompts."""
+    return max(1, round(config.events_per_prompt * len(train.prompts)))
 
 
 def _sweep(state: _Shared, progress: bool) -> tuple[dict[str, list[tuple[float, Point]]], float]:
@@ -164,7 +190,8 @@ def run_benchmark(
     test_emb = embedder.encode(test.prompts, progress=progress)
     t_embed = time.perf_counter() - t0
     featurizer = Featurizer.fit(train_emb, config.features)
-    state = _Shared(catalog, featurizer, train, test, train_emb, test_emb, config)
+    offline = _UniformLog.draw(train, _n_events(config, train), config.seed) if "offline" in config.modes else None
+    state = _Shared(catalog, featurizer, train, test, train_emb, test_emb, config, offline)
     swept, events_per_second = _sweep(state, progress)
 
     best = best_single(test)
