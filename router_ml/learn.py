@@ -156,10 +156,5 @@ def learn_online(
     for i in tqdm(range(n_events), desc="online", unit="event", disable=not progress):
         r = int(rows[i])
         cands = None if offered[r].all() else [m for m, ok in zip(names, offered[r]) if ok]
-        decision = policy.decide_context(contexts[r], rng, cands)
-        j = policy.catalog.index(decision.model)
-        chosen[i], propensity[i] = j, decision.probability
-        policy.learn_context(
-            contexts[r], decision.model, table.quality[r, j], table.cost[r, j], decision.probability, cands
-        )
+        chosen[i], propensity[i] = policy.decide_and_learn(contexts[r], rng, table.quality[r], table.cost[r], cands)
     return OnlineLog(rows, chosen, propensity, table.quality[rows, chosen], table.cost[rows, chosen])

@@ -241,6 +241,36 @@ class Policy:
         """Sample a model for one prompt embedding (see :meth:`decide_context`)."""
         return self.decide_context(self.featurizer.shared(embedding.reshape(1, -1))[0], rng, candidates)
 
+    def decide_and_learn(
+        self,
+        context: Context,
+        rng: np.random.Generator,
+        quality: Floats,
+        cost: Floats,
+        candidates: Sequence[str] | None = None,
+    ) -> tuple[int, float]:
+        """Serve one prompt and learn from the chosen model's outcome at once: the online loop's step.
+
+        ``quality`` and ``cost`` hold every model's outcome in catalog order; only the chosen one is read.
+        The same draw and update as :meth:`decide_context` then :meth:`learn_context` (so the same
+        results), without building a :class:`Decision` or re-validating the offered set. Returns the
+        chosen catalog index and its probability.
+        """
+        actions = self._candidate_indices(candidates)
+        probs = np.zeros(len(self.catalog), dtype=np.float64)
+        for pos, prob in self._run(context, actions):
+            probs[actions[pos]] = prob
+        choice = min(int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right")), len(probs) - 1)
+        while probs[choice] == 0:  # float round-off at the top of the cumulative sum
+            choice -= 1
+        q, c, p = float(quality[choice]), float(cost[choice]), float(probs[choice])
+        if not 0.0 <= q <= 1.0 or not (np.isfinite(c) and c >= 0):
+            raise ValueError(f"policy: model {choice}'s outcome needs quality in [0, 1] and cost >= 0, got {q}, {c}")
+        floor = 1.0 / self.config.max_weight if self.config.max_weight is not None else 0.0
+        self._run(context, actions, (actions.index(choice), -self.config.reward(q, c), max(p, floor)))
+        self.updates += 1
+        return choice, p
+
     def learn_context(
         self,
         context: Context,

@@ -157,3 +157,24 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="interaction"):
         FeatureConfig(interactions=("mm",))
     assert PolicyConfig(lam=0.05).reward(0.8, 0.002) == pytest.approx(0.8 - 0.1)
+
+
+def test_decide_and_learn_matches_decide_then_learn() -> None:
+    """The online loop's fused step draws and learns exactly what decide_context + learn_context would."""
+    x = _contexts(200)
+    fused, split = _policy(x, lam=0.05), _policy(x, lam=0.05)
+    contexts = fused.featurizer.shared(x)
+    quality = np.random.default_rng(3).integers(0, 2, size=(len(x), len(CATALOG))).astype(np.float64)
+    cost = np.tile(np.linspace(0.001, 0.01, len(CATALOG)), (len(x), 1))
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    cands = ["alpha", "gamma", "eps"]
+    for i in range(len(x)):
+        offered = cands if i % 3 == 0 else None
+        j, p = fused.decide_and_learn(contexts[i], rng_a, quality[i], cost[i], offered)
+        d = split.decide_context(contexts[i], rng_b, offered)
+        assert (CATALOG.names[j], p) == (d.model, d.probability)
+        split.learn_context(contexts[i], d.model, quality[i, j], cost[i, j], d.probability, offered)
+    assert fused.updates == split.updates == len(x)
+    assert fused.model_bytes() == split.model_bytes()
+    with pytest.raises(ValueError, match="quality in"):
+        fused.decide_and_learn(contexts[0], rng_a, np.full(len(CATALOG), 2.0), cost[0])
