@@ -55,7 +55,7 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--passes", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
     f = p.add_argument_group("features")
-    f.add_argument("--clusters", default="8,32,128", help="k-means granularities, comma-separated ('' for none)")
+    f.add_argument("--clusters", default="8,32", help="k-means granularities, comma-separated ('' for none)")
     f.add_argument("--embedding", action="store_true", help="add the raw embedding (namespace e) to the features")
     f.add_argument("--interactions", default="cm", help="shared x action namespace pairs for VW -q (e.g. cm,em,cp)")
     e = p.add_argument_group("embedder")
