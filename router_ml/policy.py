@@ -28,6 +28,7 @@ Exploration = Literal["squarecb", "epsilon"]
 Floats = Sequence[float] | npt.NDArray[np.float64]
 _NO_LABEL = vw.CBLabel()
 _SHARED = vw.CBLabel(shared=True)
+_SHARED_CACHE_SIZE = 1 << 15
 
 
 def _action_probs(prediction: object) -> list[tuple[int, float]]:
@@ -137,7 +138,9 @@ class Policy:
         self.updates = 0
         self._offered: dict[tuple[str, ...] | None, list[int]] = {}
         self._cores: dict[tuple[int, ...], list[Any]] = {}
-        self._last_shared: tuple[Context, Any] | None = None
+        # VW shared examples by context object: the online loop serves each prompt about 12 times, and
+        # decide then learn on one context reuse one example. Bounded; the context is kept so its id stays unique.
+        self._shared_cache: dict[int, tuple[Context, Any]] = {}
 
     # -- examples -------------------------------------------------------------------------------
     @staticmethod
@@ -157,13 +160,15 @@ class Policy:
         go to vw-next's core directly: its Python wrapper re-checks the label type of all 32 examples on
         every call, which cost more than VW's own work here (vowpal-wabbit-next is pinned for this reason).
         """
-        if self._last_shared is None or self._last_shared[0] is not shared:
-            # decide then learn on the same context (the online loop) reuses one shared example
-            self._last_shared = (shared, self._example(shared, _SHARED)._example)
+        cached = self._shared_cache.get(id(shared))
+        if cached is None or cached[0] is not shared:
+            if len(self._shared_cache) >= _SHARED_CACHE_SIZE:
+                self._shared_cache.clear()
+            cached = self._shared_cache[id(shared)] = (shared, self._example(shared, _SHARED)._example)
         key = tuple(actions)
         if key not in self._cores:
             self._cores[key] = [self._action_examples[a]._example for a in actions]
-        cores = [self._last_shared[1], *self._cores[key]]
+        cores = [cached[1], *self._cores[key]]
         if learn is None:
             return _action_probs(self._ws._workspace.predict_multi_ex_one(cores))
         pos, vw_cost, propensity = learn
