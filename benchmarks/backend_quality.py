@@ -15,20 +15,17 @@ import argparse
 import time
 
 import numpy as np
-from _machine import machine
+from _machine import machine, shared_table
 
 from router_ml import settings
-from router_ml.contracts import load_benchmark
 from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, build_encoder
 from router_ml.features import FeatureConfig
-from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
 from router_ml.onnx_embed import OnnxEmbedder
 from router_ml.policy import PolicyConfig
 from router_ml.replay import best_single, replay_choices
 from router_ml.simulate import simulate
 from router_ml.split import split_by_hash
-from training.pipelines import catalog_for_benchmark
 
 
 def main() -> None:
@@ -40,10 +37,7 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="also the int8 ONNX model (fails the cosine gate)")
     args = parser.parse_args()
 
-    path = settings.default_benchmark()
-    bench = load_benchmark(path)
-    catalog = catalog_for_benchmark(path, bench, None)
-    full = FullInfo.from_benchmark(bench, models=catalog.names)
+    catalog, full = shared_table()
     table = full.subset(np.arange(min(args.prompts, len(full.prompts))))
     train_rows, test_rows = split_by_hash(table.prompt_ids, 0.2)
     train, test = table.subset(train_rows), table.subset(test_rows)

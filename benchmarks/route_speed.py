@@ -20,19 +20,16 @@ import pstats
 import time
 
 import numpy as np
-from _machine import machine, summary
+from _machine import machine, shared_table, summary
 
 from router_ml import settings
-from router_ml.contracts import load_benchmark
 from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, build_encoder
 from router_ml.features import FeatureConfig
-from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
 from router_ml.onnx_embed import OnnxEmbedder
 from router_ml.policy import PolicyConfig
 from router_ml.router import Router
 from router_ml.simulate import simulate
-from training.pipelines import catalog_for_benchmark
 
 TARGETS_MS = {"short": 5.0, "240-token": 15.0}
 
@@ -62,10 +59,7 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="also the int8 ONNX model (fails the cosine gate)")
     args = parser.parse_args()
 
-    path = settings.default_benchmark()
-    bench = load_benchmark(path)
-    catalog = catalog_for_benchmark(path, bench, None)
-    table = FullInfo.from_benchmark(bench, models=catalog.names)
+    catalog, table = shared_table()
     n_train = args.train_prompts
     train = table.subset(np.arange(n_train))
     logs = simulate(train, n_train * args.events_per_prompt, seed=0)
