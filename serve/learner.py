@@ -228,12 +228,6 @@ class OnlineLearner:
         self._version, self._updates_at_version, self._artifact = info.version, updates, artifact
         self._snapshotting = False
 
-    async def snapshot_now(self) -> str:
-        """Force a snapshot (when there is anything new) and wait for it; returns the version label."""
-        future = await self._on_policy(self._snapshot)
-        await asyncio.wrap_future(future)
-        return self.version
-
     # -- reloads --------------------------------------------------------------------------------
     async def tick(self) -> None:
         """Periodic work: a time-based snapshot, then a check whether the alias moved."""
@@ -247,9 +241,12 @@ class OnlineLearner:
         if info is None or info.version == self._base:
             return False
         loaded = resolve_start(self.registry, self.alias, self.log)
-        router = Router(loaded.artifact.policy, self.router.embedder, loaded.version)
-        if loaded.artifact.embedder != self._artifact.embedder:
-            router = Router.from_artifact(loaded.artifact, version=loaded.version)
+        same_embedder = loaded.artifact.embedder == self._artifact.embedder
+        router = (
+            Router(loaded.artifact.policy, self.router.embedder, loaded.version)
+            if same_embedder
+            else Router.from_artifact(loaded.artifact, version=loaded.version)
+        )
         self._policy.submit(self._swap, loaded, router).result()
         self.metrics.reloads.inc()
         return True
