@@ -18,6 +18,7 @@ import numpy as np
 from _machine import machine, shared_table
 
 from router_ml import settings
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, build_encoder
 from router_ml.features import FeatureConfig
 from router_ml.learn import train_policy
@@ -65,7 +66,8 @@ def main() -> None:
             policy, _ = train_policy(
                 logs, enc, catalog, PolicyConfig(lam=args.lam, seed=seed), FeatureConfig(seed=seed), progress=False
             )
-            choice = policy.predict_many(embedded[name][1]).argmax(axis=1)
+            tokens = [estimate_tokens(p) for p in test.prompts]
+            choice = policy.greedy_many(embedded[name][1], prompt_tokens=tokens).argmax(axis=1)
             choices[name] = choice
             r = replay_choices(test, choice, name)
             agree = float((choice == choices["torch"]).mean())

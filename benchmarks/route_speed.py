@@ -23,6 +23,7 @@ import numpy as np
 from _machine import machine, shared_table, summary
 
 from router_ml import settings
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, build_encoder
 from router_ml.features import FeatureConfig
 from router_ml.learn import train_policy
@@ -101,7 +102,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 e = enc.encode([t])[0]
                 t1 = time.perf_counter()
-                policy.decide(e, rng)
+                policy.decide(e, rng, prompt_tokens=estimate_tokens(t))
                 embed_ms.append((t1 - t0) * 1000)
                 decide_ms.append((time.perf_counter() - t1) * 1000)
             p50 = float(np.percentile(route_ms, 50))

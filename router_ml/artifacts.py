@@ -7,7 +7,8 @@
       catalog.toml    the models, in the order the policy's actions use
       features.json   feature config and embedding width
       centroids.npz   k-means centroids of each granularity
-      policy.json     learner config, embedder name, path and backend, update count, parent version
+      policy.json     learner config, operating point, embedder name, path and backend, update count, parent version
+      costs.json      the cost model's observed completion lengths per model
 
 The folder is written atomically: a crash leaves either the old folder or the new one.
 """
@@ -24,11 +25,15 @@ import numpy as np
 
 from router_ml.atomic import atomic_write_dir
 from router_ml.catalog import Catalog
+from router_ml.cost_model import CostModel
 from router_ml.embed import BACKENDS, CachedEmbedder, Embedder, EmbeddingCache, backend_of, build_encoder
 from router_ml.features import Featurizer
+from router_ml.operating import OperatingPoint
 from router_ml.policy import Policy, PolicyConfig
 
 FILES = ("model.vw", "catalog.toml", "features.json", "centroids.npz", "policy.json")
+COSTS = "costs.json"
+"""Absent from folders written before the cost model: their costs start from the catalog prices alone."""
 
 
 @dataclass
@@ -68,8 +73,10 @@ class PolicyArtifact:
             buf = io.BytesIO()
             np.savez(buf, **self.policy.featurizer.centroid_arrays())  # type: ignore[arg-type]
             (tmp / "centroids.npz").write_bytes(buf.getvalue())
+            (tmp / COSTS).write_text(self.policy.costs.to_json(), encoding="utf-8")
             meta: dict[str, Any] = {
                 "config": json.loads(self.policy.config.to_json()),
+                "operating": self.policy.operating.to_dict(),
                 "embedder": self.embedder,
                 "embedder_path": self.embedder_path,
                 "embedder_backend": self.backend,
@@ -105,11 +112,17 @@ class PolicyArtifact:
         with np.load(root / "centroids.npz") as npz:
             arrays = {k: npz[k] for k in npz.files}
         featurizer = Featurizer.from_parts((root / "features.json").read_text(encoding="utf-8"), arrays)
+        catalog = Catalog.load(root / "catalog.toml")
+        # folders written before quality learning hold a VW model of the reward at their own lam
+        config = PolicyConfig(**{"learns": "reward", **meta["config"]})
+        costs = root / COSTS
         policy = Policy(
-            Catalog.load(root / "catalog.toml"),
+            catalog,
             featurizer,
-            PolicyConfig(**meta["config"]),
+            config,
             model_bytes=(root / "model.vw").read_bytes(),
+            costs=CostModel.from_json(costs.read_text(encoding="utf-8"), catalog) if costs.exists() else None,
+            operating=OperatingPoint.from_dict(meta["operating"]) if "operating" in meta else None,
         )
         policy.updates = int(meta.get("updates", 0))
         return cls(

@@ -1,9 +1,9 @@
 """Lambda at decision time: re-price a policy's decision for another cost weight, and hold a spend budget.
 
-A policy learns the reward ``quality - lam0 * cost_per_1k`` for its own ``lam0``. Serving often needs
-another weight: a tenant asks for cheaper answers, or a budget controller raises the price of cost.
+A policy's VW model learns quality (or, for epsilon-greedy policies, the reward at their own ``lam0``).
 For the reward at ``lam``, each model's expected reward shifts by ``-(lam - lam0) * c_a``, where
-``c_a`` is the model's expected cost per 1,000 requests on this prompt (:func:`expected_cost_per_1k`).
+``c_a`` is the model's expected cost per 1,000 requests on this prompt
+(:meth:`router_ml.cost_model.CostModel.per_1k`).
 
 SquareCB (Foster and Rakhlin, 2020) turns VW's predicted costs ``s_a`` into probabilities
 ``p_a = 1 / (K + gamma * (s_a - s_best))`` for every non-best action, the best one taking the rest,
@@ -25,28 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from router_ml.catalog import Catalog
-
 Probs = npt.NDArray[np.float64]
-
-CHARS_PER_TOKEN = 4.0
-"""Token estimate for text before a provider has counted it (the benchmark's own convention)."""
-
-
-def estimate_tokens(text: str) -> int:
-    """``ceil(len(text) / 4)``, at least 1."""
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
-
-
-def expected_cost_per_1k(catalog: Catalog, input_tokens: int, output_tokens: npt.ArrayLike) -> Probs:
-    """Each model's expected cost in USD per 1,000 such requests, in catalog order.
-
-    ``output_tokens`` is one expected completion length per model (or one for all).
-    """
-    out = np.broadcast_to(np.asarray(output_tokens, dtype=np.float64), (len(catalog),))
-    prices_in = np.array([m.input_usd_per_mtok for m in catalog.models])
-    prices_out = np.array([m.output_usd_per_mtok for m in catalog.models])
-    return np.asarray((input_tokens * prices_in + out * prices_out) / 1e6 * 1000.0, dtype=np.float64)
 
 
 def score_gaps(probs: Probs, gamma: float) -> Probs:

@@ -251,6 +251,17 @@ class Linearization:
         value = float(terms.mean())
         return cls(method, value, terms - value, ess)
 
+    @classmethod
+    def combine(cls, method: str, parts: Sequence[tuple[float, Linearization]]) -> Linearization:
+        """``sum(c_i * L_i)`` over the same events: a mixture of targets (weights summing to 1), or a difference
+        ``(1, a), (-1, b)``. Every estimator here is linear in the target, so the mixture's estimate is the
+        combination of the targets' estimates, with their correlation carried by the summed influence terms."""
+        if not parts or len({p.n for _, p in parts}) != 1:
+            raise ValueError("estimators: combine needs at least one linearization, all on the same events")
+        value = float(sum(c * p.value for c, p in parts))
+        influence = np.sum([c * p.influence for c, p in parts], axis=0)
+        return cls(method, value, influence, min(p.ess for _, p in parts))
+
     @property
     def n(self) -> int:
         """Number of events."""
@@ -428,8 +439,7 @@ def paired_difference(
     ):
         raise ValueError("estimators: a paired difference needs the same logged events ('actions', 'propensities')")
     a, b = estimator.linearize(first), estimator.linearize(second)
-    diff = Linearization(f"{a.method} difference", a.value - b.value, a.influence - b.influence, min(a.ess, b.ess))
-    return diff.estimate(alpha)
+    return Linearization.combine(f"{a.method} difference", [(1.0, a), (-1.0, b)]).estimate(alpha)
 
 
 IMPORTANCE_ESTIMATORS: tuple[OffPolicyEstimator, ...] = (IPS(), SNIPS())

@@ -40,6 +40,7 @@ import polars as pl
 
 from router_ml.catalog import Catalog
 from router_ml.contracts import graded_only
+from router_ml.cost_model import estimate_tokens
 from router_ml.estimators import (
     IPS,
     SNIPS,
@@ -114,16 +115,23 @@ class LoggedEvents:
 
 
 def target_distribution(
-    policy: Policy, embeddings: npt.NDArray[np.float32], candidates: Sequence[Sequence[str]]
+    policy: Policy,
+    embeddings: npt.NDArray[np.float32],
+    candidates: Sequence[Sequence[str]],
+    prompt_tokens: npt.ArrayLike,
+    *,
+    lam: float | None = None,
 ) -> Floats:
-    """The policy's serving distribution per event, shape ``(n, len(catalog))``, each row over its candidates."""
+    """The policy's serving distribution per event, shape ``(n, len(catalog))``, each row over its candidates: its
+    operating point, or the router alone at ``lam``."""
+    tokens = np.asarray(prompt_tokens, dtype=np.float64)
     out = np.zeros((embeddings.shape[0], len(policy.catalog)), dtype=np.float64)
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, cands in enumerate(candidates):
         groups.setdefault(tuple(cands), []).append(i)
     for cands, rows in groups.items():
         idx = np.array(rows, dtype=np.int64)
-        out[idx] = policy.predict_many(embeddings[idx], list(cands))
+        out[idx] = policy.predict_many(embeddings[idx], list(cands), prompt_tokens=tokens[idx], lam=lam)
     total = out.sum(axis=1, keepdims=True)
     if (total <= 0).any():
         raise ValueError(f"evaluate: the policy gave no probability to any candidate (row {int(np.argmin(total))})")
@@ -313,12 +321,14 @@ def evaluate_policy(
     """Estimate ``policy`` (exploring and greedy), the logging policy and every single model on ``events``.
 
     ``embeddings`` are the events' prompt embeddings (the policy's embedder); ``lam`` defaults to
-    the policy's own; ``clip`` caps the importance weights of IPS, SNIPS and DR.
+    the policy's own (its operating point is evaluated; with ``lam`` given, the router alone at that weight);
+    ``clip`` caps the importance weights of IPS, SNIPS and DR.
     """
     if events.models != policy.catalog.names:
         raise ValueError("evaluate: the events must be mapped onto the policy's catalog (LoggedEvents.from_logs)")
     if embeddings.shape[0] != events.n:
         raise ValueError(f"evaluate: 'embeddings' has {embeddings.shape[0]} rows, the events {events.n}")
+    decide_at = lam
     lam = policy.config.lam if lam is None else float(lam)
     if not (np.isfinite(lam) and lam >= 0):
         raise ValueError(f"evaluate: 'lam' must be a finite number >= 0, got {lam}")
@@ -331,7 +341,8 @@ def evaluate_policy(
     )
     scorer = _Scorer(events, q_hat, c_hat, scale, estimators, alpha)
 
-    exploring = target_distribution(policy, embeddings, events.candidates)
+    tokens = [estimate_tokens(p) for p in events.prompts]
+    exploring = target_distribution(policy, embeddings, events.candidates, tokens, lam=decide_at)
     greedy = greedy_distribution(exploring)
     everything = np.arange(events.n, dtype=np.int64)
     policy_est = scorer.target("policy (exploring)", "policy", exploring, everything)

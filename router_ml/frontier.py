@@ -13,6 +13,7 @@ best single model (quality ``q*``, cost ``c*``):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,3 +73,38 @@ def summarise(points: Sequence[tuple[float, float]], best_quality: float, best_c
 def lam_sweep(n: int = 24, low: float = 1e-4, high: float = 10.0) -> list[float]:
     """Log-spaced ``lam`` values, plus 0 (pure quality)."""
     return [0.0, *np.geomspace(low, high, n - 1).tolist()]
+
+
+def hull_quality(singles: Sequence[tuple[float, float]], cost: float) -> float:
+    """The single-model hull at ``cost``: the best quality of a random mixture of at most two of the ``singles``
+    ((cost, quality) points) whose mean cost is at most ``cost``; ``-inf`` when even the cheapest costs more."""
+    best = -np.inf
+    for c_a, q_a in singles:
+        if c_a <= cost:
+            best = max(best, q_a)
+        for c_b, q_b in singles:
+            if c_a < cost < c_b:
+                w = (cost - c_a) / (c_b - c_a)
+                best = max(best, (1 - w) * q_a + w * q_b)
+    return float(best)
+
+
+def hull_points(singles: Sequence[tuple[float, float]], per_segment: int = 24) -> list[tuple[float, float]]:
+    """The single-model hull as points: its vertices and ``per_segment`` mixtures along each edge (so the step
+    function of :func:`running_max_auc` follows the straight edges closely)."""
+    pts = sorted(set(singles))
+    hull: list[tuple[float, float]] = []
+    for p in pts:
+        if hull and p[1] <= hull[-1][1]:
+            continue
+        while len(hull) >= 2:
+            (c0, q0), (c1, q1) = hull[-2], hull[-1]
+            if (c1 - c0) * (p[1] - q0) - (q1 - q0) * (p[0] - c0) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    out = [hull[0]]
+    for (c0, q0), (c1, q1) in itertools.pairwise(hull):
+        out += [(c0 + (c1 - c0) * t, q0 + (q1 - q0) * t) for t in np.linspace(0, 1, per_segment + 1)[1:]]
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from router_ml.catalog import Catalog
 from router_ml.contracts import graded_only
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import Embedder
 from router_ml.features import FeatureConfig, Featurizer
 from router_ml.fullinfo import FullInfo
@@ -75,17 +76,35 @@ def train_policy(
         raise ValueError(f"train: no graded events to learn from ({split.n_ungraded} ungraded rows skipped)")
     catalog.require(graded["model"].unique().to_list(), "train: logs 'model'")
     catalog.require(graded["candidates"].explode().unique().to_list(), "train: logs 'candidates'")
-
     t0 = time.perf_counter()
     embeddings = embedder.encode(graded["prompt"].to_list(), progress=progress)
     embed_seconds = time.perf_counter() - t0
+    policy, report = fit_graded(
+        graded, embeddings, catalog, config, features, passes=passes, warm_start=warm_start, progress=progress
+    )
+    return policy, replace(report, n_ungraded=split.n_ungraded, embed_seconds=embed_seconds)
 
+
+def fit_graded(
+    graded: pl.DataFrame,
+    embeddings: npt.NDArray[np.float32],
+    catalog: Catalog,
+    config: PolicyConfig,
+    features: FeatureConfig,
+    *,
+    passes: int = 1,
+    warm_start: Policy | None = None,
+    progress: bool = False,
+) -> tuple[Policy, TrainReport]:
+    """Learn from graded logged events whose prompts are already embedded (``embeddings`` row-aligned), checked
+    against ``catalog`` by the caller: the core of :func:`train_policy`, and what calibration folds run."""
     policy = warm_start or Policy(catalog, Featurizer.fit(embeddings, features), config)
     models = graded["model"].to_list()
     qualities = graded["quality"].to_numpy()
     costs = graded["cost_usd"].to_numpy()
     props = graded["propensity"].to_numpy()
     cands = graded["candidates"].to_list()
+    tokens = np.array([estimate_tokens(p) for p in graded["prompt"].to_list()], dtype=np.float64)
     rng = np.random.default_rng(config.seed)
     before = np.zeros(graded.height, dtype=np.float64)
     t1 = time.perf_counter()
@@ -101,6 +120,8 @@ def train_policy(
                     costs[idx],
                     props[idx],
                     [cands[i] for i in idx],
+                    prompt_tokens=tokens[idx],
+                    observe_costs=p == 0,  # the cost model learns each logged cost once
                 )
                 bar.update(len(idx))
     # Self-normalised IPS over the last pass, each event scored before the policy learned from it.
@@ -108,9 +129,9 @@ def train_policy(
     norm = max(float(w.sum()), 1e-12)
     report = TrainReport(
         n_events=graded.height,
-        n_ungraded=split.n_ungraded,
+        n_ungraded=0,
         passes=passes,
-        embed_seconds=embed_seconds,
+        embed_seconds=0.0,
         learn_seconds=time.perf_counter() - t1,
         progressive_quality=float((w * qualities).sum() / norm),
         progressive_cost_usd=float((w * costs).sum() / norm),
@@ -121,9 +142,11 @@ def train_policy(
 
 @dataclass(frozen=True)
 class OnlineLog:
-    """What an online run served: per event the prompt row, the chosen model index and its probability."""
+    """What an online run served: per event the prompt row, the cost weight it was served at, the chosen model
+    index and its probability, and the outcome."""
 
     rows: npt.NDArray[np.int64]
+    lams: npt.NDArray[np.float64]
     chosen: npt.NDArray[np.int64]
     propensity: npt.NDArray[np.float64]
     quality: npt.NDArray[np.float64]
@@ -136,25 +159,36 @@ def learn_online(
     embeddings: npt.NDArray[np.float32],
     n_events: int,
     *,
+    lams: tuple[float, float],
     seed: int = 0,
     progress: bool = False,
 ) -> OnlineLog:
     """Serve a seeded stream of prompts drawn uniformly from ``table``: decide (exploring), observe only the
     chosen model's outcome, learn from it at once. The way the service runs, with the benchmark as the grader.
 
-    ``table.models`` must be the policy's catalog order and ``embeddings`` align with ``table.prompts``.
+    Each request carries its own cost weight, drawn log-uniformly from ``lams = (low, high)`` (one value when
+    ``low == high``), as tenants with different weights share one service: the policy explores where each of
+    them decides. ``table.models`` must be the policy's catalog order and ``embeddings`` align with
+    ``table.prompts``.
     """
     if table.models != policy.catalog.names:
         raise ValueError("online: the table's models must be the policy's catalog, in order")
+    low, high = lams
+    if not (0 < low <= high and np.isfinite(high)):
+        raise ValueError(f"online: 'lams' must be a range 0 < low <= high, got {lams}")
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(table.prompts), size=n_events)
+    served = np.exp(rng.uniform(np.log(low), np.log(high), size=n_events))
     chosen = np.empty(n_events, dtype=np.int64)
     propensity = np.empty(n_events, dtype=np.float64)
     offered = table.offered
     names = policy.catalog.names
     contexts = policy.featurizer.shared(embeddings)
+    tokens = [float(estimate_tokens(p)) for p in table.prompts]
     for i in tqdm(range(n_events), desc="online", unit="event", disable=not progress):
         r = int(rows[i])
         cands = None if offered[r].all() else [m for m, ok in zip(names, offered[r]) if ok]
-        chosen[i], propensity[i] = policy.decide_and_learn(contexts[r], rng, table.quality[r], table.cost[r], cands)
-    return OnlineLog(rows, chosen, propensity, table.quality[rows, chosen], table.cost[rows, chosen])
+        chosen[i], propensity[i] = policy.decide_and_learn(
+            contexts[r], rng, table.quality[r], table.cost[r], cands, prompt_tokens=tokens[r], lam=float(served[i])
+        )
+    return OnlineLog(rows, served, chosen, propensity, table.quality[rows, chosen], table.cost[rows, chosen])

@@ -3,7 +3,15 @@
 Reward is ``quality - lam * cost_per_1k`` where ``cost_per_1k`` is the call's cost in USD per 1,000
 requests. So ``lam`` reads as *how much quality (on the 0-1 scale) you would give up to save one
 dollar per thousand requests*: with ``lam = 0.05``, paying $2 more per 1,000 requests must buy at
-least 0.1 more quality. VW minimises cost, so it is fed ``-reward``.
+least 0.1 more quality.
+
+VW learns *quality* (it minimises cost, so it is fed ``-quality``); each model's cost on a prompt is
+priced by the policy's :class:`~router_ml.cost_model.CostModel`, and ``lam`` is applied when deciding:
+SquareCB's distribution over the quality estimates is re-priced exactly for the reward at ``lam``
+(:func:`router_ml.budget.retarget`). One learned model therefore serves every ``lam``, and its greedy
+choice moves monotonically to cheaper models as ``lam`` grows. The policy serves an
+:class:`~router_ml.operating.OperatingPoint`: the router at its ``lam``, or a calibrated mixture of
+two arms (:mod:`router_ml.operating`).
 
 Like river's estimators the policy has ``predict_one`` and ``learn_one``; the model itself is plain
 bytes (:meth:`Policy.model_bytes`), and :mod:`router_ml.artifacts` stores it with its catalog and
@@ -14,18 +22,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 import vowpal_wabbit_next as vw
 
+from router_ml.budget import retarget, score_gaps
 from router_ml.catalog import Catalog
+from router_ml.cost_model import CostModel
 from router_ml.features import Context, FeatureGroup, Featurizer, action_features
+from router_ml.operating import Arm, OperatingPoint
 
 Exploration = Literal["squarecb", "epsilon"]
+Learns = Literal["quality", "reward"]
 Floats = Sequence[float] | npt.NDArray[np.float64]
+Probs = npt.NDArray[np.float64]
 _NO_LABEL = vw.CBLabel()
 _SHARED = vw.CBLabel(shared=True)
 _SHARED_CACHE_SIZE = 1 << 15
@@ -52,6 +65,7 @@ class PolicyConfig:
 
     lam: float = 0.05
     exploration: Exploration = "squarecb"
+    learns: Learns | None = None
     epsilon: float = 0.05
     gamma_scale: float = 100.0
     learning_rate: float = 0.5
@@ -75,10 +89,26 @@ class PolicyConfig:
             raise ValueError("policy: 'gamma_scale' and 'learning_rate' must be > 0")
         if not 10 <= self.bits <= 28:
             raise ValueError(f"policy: 'bits' must lie in [10, 28], got {self.bits}")
+        if self.learns is None:
+            object.__setattr__(self, "learns", "quality" if self.exploration == "squarecb" else "reward")
+        if self.learns not in ("quality", "reward"):
+            raise ValueError(f"policy: 'learns' must be 'quality' or 'reward', got {self.learns!r}")
+        if self.learns == "quality" and self.exploration != "squarecb":
+            raise ValueError("policy: only squarecb can be re-priced for lam, so epsilon exploration learns 'reward'")
+
+    @property
+    def learned_lam(self) -> float:
+        """The cost weight inside what VW regresses: 0 when it learns quality (the default), ``lam`` when it learns
+        the reward itself (epsilon-greedy, and policies trained before quality learning)."""
+        return 0.0 if self.learns == "quality" else self.lam
 
     def reward(self, quality: float, cost_usd: float) -> float:
         """``quality - lam * 1000 * cost_usd``."""
         return quality - self.lam * 1000.0 * cost_usd
+
+    def vw_cost(self, quality: float, cost_usd: float) -> float:
+        """What VW regresses for one outcome: ``-(quality - learned_lam * 1000 * cost_usd)``."""
+        return -(quality - self.learned_lam * 1000.0 * cost_usd)
 
     def vw_args(self, interactions: Sequence[str]) -> list[str]:
         """The VW command line for these settings."""
@@ -116,6 +146,9 @@ class Policy:
 
     One writer at a time: the VW workspace and the cached action examples are not thread-safe, so a
     service gives the policy a single owner and queues predictions and updates to it.
+
+    ``prompt_tokens`` (the prompt's length in tokens, :func:`~router_ml.cost_model.estimate_tokens`) prices each
+    model for the prompt; ``lam`` overrides the operating point with the router alone at that cost weight.
     """
 
     def __init__(
@@ -125,10 +158,14 @@ class Policy:
         config: PolicyConfig,
         *,
         model_bytes: bytes | None = None,
+        costs: CostModel | None = None,
+        operating: OperatingPoint | None = None,
     ) -> None:
         self.catalog = catalog
         self.featurizer = featurizer
         self.config = config
+        self.costs = costs if costs is not None else CostModel.for_catalog(catalog)
+        self.operating = operating if operating is not None else OperatingPoint.router(config.lam)
         args = config.vw_args(featurizer.config.interactions)
         self._ws = vw.Workspace(args, model_data=model_bytes) if model_bytes else vw.Workspace(args)
         self._actions = action_features(catalog.names, [m.blended_usd_per_mtok for m in catalog.models])
@@ -191,44 +228,129 @@ class Policy:
                 self._offered[key] = [self.catalog.index(c) for c in dict.fromkeys(key)]
         return self._offered[key]
 
-    # -- predict / learn ------------------------------------------------------------------------
-    def distribution(self, context: Context, candidates: Sequence[str] | None = None) -> npt.NDArray[np.float64]:
-        """The action distribution for one precomputed context (:meth:`Featurizer.shared`), in catalog order.
-
-        VW returns (action, probability) pairs sorted by probability; they are put back in catalog order
-        here, with 0 for models outside ``candidates``.
-        """
-        actions = self._candidate_indices(candidates)
+    def _learned(self, context: Context, actions: list[int]) -> npt.NDArray[np.float64]:
+        """VW's own distribution (SquareCB over what it learned) in catalog order, 0 outside ``actions``."""
         out = np.zeros(len(self.catalog), dtype=np.float64)
         for pos, prob in self._run(context, actions):
             out[actions[pos]] = prob
         return out
 
+    def _priced(self, learned: npt.NDArray[np.float64], lam: float, prompt_tokens: float) -> npt.NDArray[np.float64]:
+        """Re-price VW's distribution for the reward at ``lam`` on a prompt of ``prompt_tokens`` tokens."""
+        if not (np.isfinite(lam) and lam >= 0):
+            raise ValueError(f"policy: 'lambda' must be a finite number >= 0, got {lam}")
+        shift = lam - self.config.learned_lam
+        if shift == 0:
+            return learned
+        return retarget(learned, self.gamma, shift * self.costs.per_1k(prompt_tokens))
+
+    def _arm(self, arm: Arm, learned: npt.NDArray[np.float64], actions: list[int], tokens: float) -> Probs:
+        if arm.model is not None and self.catalog.index(arm.model) in actions:
+            out = np.zeros(len(self.catalog), dtype=np.float64)
+            out[self.catalog.index(arm.model)] = 1.0
+            return out
+        # a fixed model that is not offered gives way to the router at the policy's own lam
+        return self._priced(learned, arm.lam if arm.lam is not None else self.config.lam, tokens)
+
+    # -- predict / learn ------------------------------------------------------------------------
+    def distribution(
+        self,
+        context: Context,
+        candidates: Sequence[str] | None = None,
+        *,
+        prompt_tokens: float = 1.0,
+        lam: float | None = None,
+        point: OperatingPoint | None = None,
+    ) -> Probs:
+        """The action distribution for one precomputed context (:meth:`Featurizer.shared`), in catalog order, with
+        0 for models outside ``candidates``: the router alone at ``lam`` if given, else ``point``'s mixture (by
+        default the policy's own operating point)."""
+        actions = self._candidate_indices(candidates)
+        learned = self._learned(context, actions)
+        if lam is not None:
+            return self._priced(learned, lam, prompt_tokens)
+        point = point or self.operating
+        if len(point.arms) == 1:
+            return self._arm(point.arms[0], learned, actions, prompt_tokens)
+        parts = [w * self._arm(a, learned, actions, prompt_tokens) for a, w in zip(point.arms, point.weights)]
+        return np.asarray(parts[0] + parts[1], dtype=np.float64)
+
     def predict_many(
-        self, embeddings: npt.NDArray[np.float32], candidates: Sequence[str] | None = None
-    ) -> npt.NDArray[np.float64]:
-        """Action distributions, shape ``(n, len(catalog))`` in catalog order; non-candidates get 0."""
-        rows = [self.distribution(ctx, candidates) for ctx in self.featurizer.shared(embeddings)]
+        self,
+        embeddings: npt.NDArray[np.float32],
+        candidates: Sequence[str] | None = None,
+        *,
+        prompt_tokens: npt.ArrayLike,
+        lam: float | None = None,
+    ) -> Probs:
+        """Action distributions, shape ``(n, len(catalog))`` in catalog order; non-candidates get 0.
+        ``prompt_tokens`` has one length per row."""
+        tokens = np.broadcast_to(np.asarray(prompt_tokens, dtype=np.float64), (embeddings.shape[0],))
+        rows = [
+            self.distribution(ctx, candidates, prompt_tokens=float(t), lam=lam)
+            for ctx, t in zip(self.featurizer.shared(embeddings), tokens)
+        ]
         return np.stack(rows) if rows else np.zeros((0, len(self.catalog)), dtype=np.float64)
 
+    def greedy_choices(
+        self,
+        embeddings: npt.NDArray[np.float32],
+        lams: Sequence[float],
+        candidates: Sequence[str] | None = None,
+        *,
+        prompt_tokens: npt.ArrayLike,
+    ) -> npt.NDArray[np.int64]:
+        """The router's most likely model (catalog index) per row at each of ``lams``: shape ``(len(lams), n)``.
+
+        VW's distribution is computed once per row and inverted to the learned reward gaps
+        (:func:`router_ml.budget.score_gaps`); at each ``lam`` the greedy choice is the smallest gap plus
+        ``(lam - learned_lam) * cost_per_1k``, exactly the best action of the re-priced distribution.
+        """
+        actions = self._candidate_indices(candidates)
+        contexts = self.featurizer.shared(embeddings)
+        learned = [self._learned(ctx, actions) for ctx in contexts]
+        tokens = np.broadcast_to(np.asarray(prompt_tokens, dtype=np.float64), (embeddings.shape[0],))
+        if self.config.exploration != "squarecb":
+            if any(lam != self.config.learned_lam for lam in lams):
+                raise ValueError("policy: only a squarecb policy can be re-priced for another lam")
+            return np.tile(np.argmax(np.stack(learned), axis=1), (len(lams), 1))
+        gaps = np.stack([score_gaps(p, self.gamma) for p in learned]) if learned else np.zeros((0, len(self.catalog)))
+        costs = self.costs.per_1k(tokens)
+        return np.stack(
+            [np.argmin(gaps + (lam - self.config.learned_lam) * costs, axis=1) for lam in lams]
+        ).astype(np.int64)
+
+    def greedy_many(
+        self,
+        embeddings: npt.NDArray[np.float32],
+        candidates: Sequence[str] | None = None,
+        *,
+        prompt_tokens: npt.ArrayLike,
+    ) -> Probs:
+        """The operating point without exploration, shape ``(n, len(catalog))``: each router arm's most likely
+        model, each fixed arm's model (the router at ``lam`` where it is not offered), mixed by the weights."""
+        n = embeddings.shape[0]
+        actions = self._candidate_indices(candidates)
+        out = np.zeros((n, len(self.catalog)), dtype=np.float64)
+        for arm, w in zip(self.operating.arms, self.operating.weights):
+            if arm.model is not None and self.catalog.index(arm.model) in actions:
+                out[:, self.catalog.index(arm.model)] += w
+                continue
+            lam = arm.lam if arm.lam is not None else self.config.lam
+            picks = self.greedy_choices(embeddings, [lam], candidates, prompt_tokens=prompt_tokens)[0]
+            out[np.arange(n), picks] += w
+        return out
+
     def predict_one(
-        self, embedding: npt.NDArray[np.float32], candidates: Sequence[str] | None = None
+        self, embedding: npt.NDArray[np.float32], candidates: Sequence[str] | None = None, *, prompt_tokens: float
     ) -> dict[str, float]:
         """The full distribution over the catalog (catalog order) for one prompt embedding."""
-        probs = self.predict_many(embedding.reshape(1, -1), candidates)[0]
+        probs = self.predict_many(embedding.reshape(1, -1), candidates, prompt_tokens=prompt_tokens)[0]
         return dict(zip(self.catalog.names, probs.tolist()))
 
-    def decide_context(
-        self, context: Context, rng: np.random.Generator, candidates: Sequence[str] | None = None
-    ) -> Decision:
-        """Sample a model for a precomputed context; the decision carries its probability for off-policy use."""
-        return self.sample(self.distribution(context, candidates), rng)
-
-    def sample(self, probs: npt.NDArray[np.float64], rng: np.random.Generator) -> Decision:
+    def sample(self, probs: Probs, rng: np.random.Generator) -> Decision:
         """Draw a model from a distribution in catalog order; the decision carries the drawn model's probability."""
-        choice = min(int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right")), len(probs) - 1)
-        while probs[choice] == 0:  # float round-off at the top of the cumulative sum
-            choice -= 1
+        choice = draw(probs, rng.random())
         dist = dict(zip(self.catalog.names, probs.tolist()))
         model = self.catalog.names[choice]
         return Decision(model=model, probability=dist[model], distribution=dist)
@@ -241,10 +363,19 @@ class Policy:
         return self.config.gamma_scale * float(np.sqrt(max(self.updates, 1)))
 
     def decide(
-        self, embedding: npt.NDArray[np.float32], rng: np.random.Generator, candidates: Sequence[str] | None = None
+        self,
+        embedding: npt.NDArray[np.float32],
+        rng: np.random.Generator,
+        candidates: Sequence[str] | None = None,
+        *,
+        prompt_tokens: float,
+        lam: float | None = None,
+        point: OperatingPoint | None = None,
     ) -> Decision:
-        """Sample a model for one prompt embedding (see :meth:`decide_context`)."""
-        return self.decide_context(self.featurizer.shared(embedding.reshape(1, -1))[0], rng, candidates)
+        """Sample a model for one prompt embedding (exploring); the decision carries its probability."""
+        context = self.featurizer.shared(embedding.reshape(1, -1))[0]
+        probs = self.distribution(context, candidates, prompt_tokens=prompt_tokens, lam=lam, point=point)
+        return self.sample(probs, rng)
 
     def decide_and_learn(
         self,
@@ -253,26 +384,25 @@ class Policy:
         quality: Floats,
         cost: Floats,
         candidates: Sequence[str] | None = None,
+        *,
+        prompt_tokens: float,
+        lam: float,
     ) -> tuple[int, float]:
-        """Serve one prompt and learn from the chosen model's outcome at once: the online loop's step.
+        """Serve one prompt with the router at ``lam`` and learn from the chosen model's outcome at once: the
+        online loop's step.
 
         ``quality`` and ``cost`` hold every model's outcome in catalog order; only the chosen one is read.
-        The same draw and update as :meth:`decide_context` then :meth:`learn_context` (so the same
-        results), without building a :class:`Decision` or re-validating the offered set. Returns the
-        chosen catalog index and its probability.
+        The same draw and update as :meth:`distribution`, :meth:`sample` then :meth:`learn_context` (so the
+        same results), without building a :class:`Decision`. Returns the chosen catalog index and its probability.
         """
         actions = self._candidate_indices(candidates)
-        probs = np.zeros(len(self.catalog), dtype=np.float64)
-        for pos, prob in self._run(context, actions):
-            probs[actions[pos]] = prob
-        choice = min(int(np.searchsorted(np.cumsum(probs), rng.random() * probs.sum(), side="right")), len(probs) - 1)
-        while probs[choice] == 0:  # float round-off at the top of the cumulative sum
-            choice -= 1
+        probs = self._priced(self._learned(context, actions), lam, prompt_tokens)
+        choice = draw(probs, rng.random())
         q, c, p = float(quality[choice]), float(cost[choice]), float(probs[choice])
         if not 0.0 <= q <= 1.0 or not (np.isfinite(c) and c >= 0):
             raise ValueError(f"policy: model {choice}'s outcome needs quality in [0, 1] and cost >= 0, got {q}, {c}")
-        floor = 1.0 / self.config.max_weight if self.config.max_weight is not None else 0.0
-        self._run(context, actions, (actions.index(choice), -self.config.reward(q, c), max(p, floor)))
+        self._run(context, actions, (actions.index(choice), self.config.vw_cost(q, c), self._weighted(p)))
+        self.costs.observe_cost(choice, prompt_tokens, c)
         self.updates += 1
         return choice, p
 
@@ -284,10 +414,15 @@ class Policy:
         cost_usd: float,
         propensity: float,
         candidates: Sequence[str] | None = None,
+        *,
+        prompt_tokens: float,
+        observe_cost: bool = True,
     ) -> float:
-        """Learn from one graded decision on a precomputed context; returns the probability the policy gave
-        ``model`` before the update (progressive validation)."""
-        return self._learn_checked(context, self._checked(model, quality, cost_usd, propensity, candidates))
+        """Learn from one graded decision on a precomputed context; returns the probability the router at the
+        policy's ``lam`` gave ``model`` before the update (progressive validation). The cost model learns the
+        call's cost too unless ``observe_cost`` is False (the service meters usage and counts it itself)."""
+        checked = self._checked(model, quality, cost_usd, propensity, candidates)
+        return self._learn_checked(context, checked, prompt_tokens, float(cost_usd) if observe_cost else None)
 
     def learn_one(
         self,
@@ -297,10 +432,22 @@ class Policy:
         cost_usd: float,
         propensity: float,
         candidates: Sequence[str] | None = None,
+        *,
+        prompt_tokens: float,
+        observe_cost: bool = True,
     ) -> float:
         """Learn from one graded decision: ``model`` was chosen with ``propensity`` among ``candidates``."""
         context = self.featurizer.shared(embedding.reshape(1, -1))[0]
-        return self.learn_context(context, model, quality, cost_usd, propensity, candidates)
+        return self.learn_context(
+            context,
+            model,
+            quality,
+            cost_usd,
+            propensity,
+            candidates,
+            prompt_tokens=prompt_tokens,
+            observe_cost=observe_cost,
+        )
 
     def learn_many(
         self,
@@ -310,27 +457,46 @@ class Policy:
         costs: Floats,
         propensities: Floats,
         candidates: Sequence[Sequence[str] | None],
-    ) -> npt.NDArray[np.float64]:
+        *,
+        prompt_tokens: Floats,
+        observe_costs: bool = True,
+    ) -> Probs:
         """Learn from graded decisions in order (one VW update each); all are checked before any is learned.
 
-        Returns, per event, the probability the policy gave the logged model *before* learning from
-        it: progressive validation, the input of an honest running off-policy estimate.
+        Returns, per event, the probability the router at the policy's ``lam`` gave the logged model *before*
+        learning from it: progressive validation, the input of an honest running off-policy estimate.
         """
         n = embeddings.shape[0]
-        if not (len(models) == len(qualities) == len(costs) == len(propensities) == len(candidates) == n):
-            raise ValueError("policy: learn_many needs one model, quality, cost, propensity and candidate set per row")
+        sizes = (len(models), len(qualities), len(costs), len(propensities), len(candidates), len(prompt_tokens))
+        if any(size != n for size in sizes):
+            raise ValueError(
+                "policy: learn_many needs one model, quality, cost, propensity, candidate set and prompt_tokens per row"
+            )
         rows = [self._checked(models[i], qualities[i], costs[i], propensities[i], candidates[i]) for i in range(n)]
         before = np.zeros(n, dtype=np.float64)
         for i, (shared, checked) in enumerate(zip(self.featurizer.shared(embeddings), rows)):
-            before[i] = self._learn_checked(shared, checked)
+            observed = float(costs[i]) if observe_costs else None
+            before[i] = self._learn_checked(shared, checked, float(prompt_tokens[i]), observed)
         return before
 
-    def _learn_checked(self, context: Context, checked: tuple[list[int], int, float, float]) -> float:
+    def _weighted(self, propensity: float) -> float:
+        """The propensity VW weighs the update by (``1 / p``), floored so the weight stays <= ``max_weight``."""
+        floor = 1.0 / self.config.max_weight if self.config.max_weight is not None else 0.0
+        return max(propensity, floor)
+
+    def _learn_checked(
+        self, context: Context, checked: tuple[list[int], int, float, float], tokens: float, cost: float | None
+    ) -> float:
         """One VW update from a validated event; the probability the logged model had before it."""
         actions, pos, vw_cost, propensity = checked
-        pred = self._run(context, actions, (pos, vw_cost, propensity))
+        learned = np.zeros(len(self.catalog), dtype=np.float64)
+        for a, prob in self._run(context, actions, (pos, vw_cost, propensity)):
+            learned[actions[a]] = prob
+        before = self._priced(learned, self.config.lam, tokens)[actions[pos]]
+        if cost is not None:
+            self.costs.observe_cost(actions[pos], tokens, cost)
         self.updates += 1
-        return next((prob for a, prob in pred if a == pos), 0.0)
+        return float(before)
 
     def _checked(
         self, model: str, quality: float, cost: float, propensity: float, candidates: Sequence[str] | None
@@ -349,9 +515,7 @@ class Policy:
         chosen = self.catalog.index(model)
         if chosen not in actions:
             raise ValueError(f"policy: chosen model '{model}' is not among the candidates")
-        # VW weighs the update by 1 / propensity; max_weight caps that weight (1 = plain regression).
-        floor = 1.0 / self.config.max_weight if self.config.max_weight is not None else 0.0
-        return actions, actions.index(chosen), -self.config.reward(q, c), max(p, floor)
+        return actions, actions.index(chosen), self.config.vw_cost(q, c), self._weighted(p)
 
     # -- persistence ----------------------------------------------------------------------------
     def model_bytes(self) -> bytes:
@@ -364,6 +528,29 @@ class Policy:
 
     def with_catalog(self, catalog: Catalog) -> Policy:
         """The same learned weights over a new catalog: known models keep what they learned, new ones are explored."""
-        grown = Policy(catalog, self.featurizer, self.config, model_bytes=self.model_bytes())
+        grown = Policy(
+            catalog,
+            self.featurizer,
+            self.config,
+            model_bytes=self.model_bytes(),
+            costs=self.costs.with_catalog(catalog),
+            operating=self.operating,
+        )
         grown.updates = self.updates
         return grown
+
+    def at(self, operating: OperatingPoint) -> Policy:
+        """This policy serving ``operating`` (the same weights; an independent copy)."""
+        moved = self.copy()
+        moved.operating = operating
+        if operating.router_lam is not None:
+            moved.config = replace(self.config, lam=operating.router_lam)
+        return moved
+
+
+def draw(probs: Probs, u: float) -> int:
+    """The index a uniform draw ``u`` in [0, 1) picks from ``probs`` (guarding float round-off at the top)."""
+    choice = min(int(np.searchsorted(np.cumsum(probs), u * probs.sum(), side="right")), len(probs) - 1)
+    while probs[choice] == 0:
+        choice -= 1
+    return choice

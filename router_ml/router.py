@@ -1,8 +1,8 @@
 """A router: the embedder and the policy together, from prompt text to a :class:`Decision`.
 
 ``route`` is ``embed`` then ``decide``; a service calls the two apart, so that embedding runs on request
-threads while only the policy's single owner calls ``decide``. ``decide`` may re-price the policy's
-distribution for another cost weight (:mod:`router_ml.budget`).
+threads while only the policy's single owner calls ``decide``. ``decide`` serves the policy's operating point,
+or the router at another cost weight (:mod:`router_ml.budget`).
 """
 
 from __future__ import annotations
@@ -13,27 +13,19 @@ import numpy as np
 import numpy.typing as npt
 
 from router_ml.artifacts import PolicyArtifact
-from router_ml.budget import estimate_tokens, expected_cost_per_1k, retarget
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import Embedder, EmbeddingCache
+from router_ml.operating import OperatingPoint
 from router_ml.policy import Decision, Policy
-
-DEFAULT_OUTPUT_TOKENS = 256.0
-"""Expected completion length before any usage has been observed for a model."""
 
 
 class Router:
-    """Embeds prompts and asks the policy; one object per loaded policy version.
-
-    Each model's expected completion length (:meth:`expected_output_tokens`) comes from observed usage
-    (:meth:`observe_usage`); with the prompt's length it prices each model for re-pricing.
-    """
+    """Embeds prompts and asks the policy; one object per loaded policy version."""
 
     def __init__(self, policy: Policy, embedder: Embedder, version: str = "local") -> None:
         self.policy = policy
         self.embedder = embedder
         self.version = version
-        self._usage_sums = np.zeros(len(policy.catalog))
-        self._usage_counts = np.zeros(len(policy.catalog))
 
     @classmethod
     def from_artifact(
@@ -53,18 +45,13 @@ class Router:
         *,
         candidates: Sequence[str] | None = None,
         lam: float | None = None,
+        point: OperatingPoint | None = None,
         prompt_tokens: int = 1,
     ) -> Decision:
-        """Sample a model (exploring). With ``lam`` other than the policy's own, the distribution is re-priced
-        for the reward ``quality - lam * cost_per_1k`` using each model's expected cost on a prompt of
-        ``prompt_tokens`` tokens."""
-        probs = self.policy.distribution(self.policy.featurizer.shared(embedding.reshape(1, -1))[0], candidates)
-        if lam is not None and lam != self.policy.config.lam:
-            if not (np.isfinite(lam) and lam >= 0):
-                raise ValueError(f"router: 'lambda' must be a finite number >= 0, got {lam}")
-            costs = expected_cost_per_1k(self.policy.catalog, prompt_tokens, self.expected_output_tokens())
-            probs = retarget(probs, self.policy.gamma, (lam - self.policy.config.lam) * costs)
-        return self.policy.sample(probs, rng)
+        """Sample a model (exploring) for the reward ``quality - lam * cost_per_1k`` when ``lam`` is given, else at
+        ``point`` (default: the policy's operating point); each model is priced for a prompt of ``prompt_tokens``
+        tokens."""
+        return self.policy.decide(embedding, rng, candidates, prompt_tokens=prompt_tokens, lam=lam, point=point)
 
     def route(
         self,
@@ -79,21 +66,16 @@ class Router:
         )
 
     def observe_usage(self, model: str, output_tokens: int) -> None:
-        """Count one observed completion length of ``model``."""
-        j = self.policy.catalog.index(model)
-        self._usage_sums[j] += output_tokens
-        self._usage_counts[j] += 1
+        """Count one metered completion length of ``model`` in the policy's cost model."""
+        self.policy.costs.observe_output_tokens(self.policy.catalog.index(model), output_tokens)
 
-    def expected_output_tokens(self) -> npt.NDArray[np.float64]:
-        """Per model (catalog order): its mean observed completion length, shrunk towards the mean over all
-        models by one pseudo-observation, so a model not yet seen is priced like the others are used.
-        Before any usage at all, every model gets :data:`DEFAULT_OUTPUT_TOKENS`."""
-        total = self._usage_counts.sum()
-        pooled = self._usage_sums.sum() / total if total else DEFAULT_OUTPUT_TOKENS
-        return np.asarray((self._usage_sums + pooled) / (self._usage_counts + 1), dtype=np.float64)
+    def expected_cost_per_1k(self, prompt_tokens: int) -> npt.NDArray[np.float64]:
+        """Each model's expected cost in USD per 1,000 requests of ``prompt_tokens`` tokens (catalog order)."""
+        return self.policy.costs.per_1k(prompt_tokens)
 
     def choose_greedy(self, prompts: Sequence[str]) -> list[tuple[str, float]]:
         """The most likely model and its probability for each prompt (no exploration)."""
-        probs = self.policy.predict_many(self.embedder.encode(prompts))
+        tokens = [estimate_tokens(p) for p in prompts]
+        probs = self.policy.predict_many(self.embedder.encode(prompts), prompt_tokens=tokens)
         best = probs.argmax(axis=1)
         return [(self.policy.catalog.names[j], float(probs[i, j])) for i, j in enumerate(best)]

@@ -31,7 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router_ml.budget import DualLambda, estimate_tokens, expected_cost_per_1k
+from router_ml.budget import DualLambda
+from router_ml.cost_model import estimate_tokens
 from router_ml.decision_log import DecisionLog, DecisionRecord, DuplicateFeedback, UnknownDecision, new_decision_id
 from router_ml.registry import PolicyRegistry
 from router_ml.router import Router
@@ -160,10 +161,7 @@ class Service:
             decision_id, embedding, candidates=candidates, lam=effective, prompt_tokens=tokens
         )
         catalog = router.policy.catalog
-        est = (
-            expected_cost_per_1k(catalog, tokens, router.expected_output_tokens())[catalog.index(decision.model)]
-            / 1000.0
-        )
+        est = router.expected_cost_per_1k(tokens)[catalog.index(decision.model)] / 1000.0
         record = DecisionRecord(
             decision_id=decision_id,
             created_at=time.time(),

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router_ml.artifacts import PolicyArtifact
+from router_ml.cost_model import estimate_tokens
 from router_ml.decision_log import DecisionLog, GradedDecision
 from router_ml.policy import Decision
 from router_ml.registry import PolicyRegistry, VersionInfo
@@ -148,7 +149,14 @@ class OnlineLearner:
                 if embedding is None:
                     embedding = self.router.embed(graded.prompt)
                 self.router.policy.learn_one(
-                    embedding, graded.model, graded.quality, graded.cost_usd, graded.propensity, graded.candidates
+                    embedding,
+                    graded.model,
+                    graded.quality,
+                    graded.cost_usd,
+                    graded.propensity,
+                    graded.candidates,
+                    prompt_tokens=estimate_tokens(graded.prompt),
+                    observe_cost=False,  # completion lengths are counted when the call is metered
                 )
                 self.applied += 1
                 self.metrics.updates.set(self.router.policy.updates - self._updates_at_version)

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from router_ml.budget import estimate_tokens
 from router_ml.catalog import Catalog
+from router_ml.cost_model import estimate_tokens
 from serve.config import ConfigError, UpstreamConfig
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from router_ml.cli import main
@@ -59,43 +60,48 @@ def test_references_are_ordered_sensibly(split: tuple[Path, Path], embedder) -> 
     assert cheap.cost_usd < kq.cost_usd
 
 
-def test_benchmark_command_writes_json_and_plot(split: tuple[Path, Path], home: Path, tmp_path: Path) -> None:
+def _bench(split: tuple[Path, Path], out_json: Path, *flags: str) -> int:
+    return main(["benchmark", "--train", str(split[0]), "--test", str(split[1]), "--json", str(out_json), *flags])
+
+
+def test_benchmark_protocol_writes_operating_points_frontiers_and_plot(
+    split: tuple[Path, Path], home: Path, tmp_path: Path
+) -> None:
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
-    code = main(
-        [
-            "benchmark",
-            "--train",
-            str(split[0]),
-            "--test",
-            str(split[1]),
-            "--json",
-            str(out_json),
-            "--plot",
-            str(out_png),
-            "--events-per-prompt",
-            "6",
-            "--lams",
-            "0,0.05,1",
-            "--clusters",
-            "4,16",
-            "--workers",
-            "2",
-        ]
-    )
-    assert code == 0
+    assert _bench(split, out_json, "--plot", str(out_png), "--quick", "--clusters", "4,16") == 0
     result = json.loads(out_json.read_text())
-    assert set(result["best_single"]) == {"model", "quality", "cost"}
+    assert result["protocol"] == 2 and result["best_single"]["decided_on"] == "train"
+    assert result["config"]["seeds"] == 2 and result["config"]["folds"] == 2
+    lams = result["lams"]
+    assert lams[0] == 0.0 and lams == sorted(lams) and len(lams) == 25
     routers = result["routers"]
-    for name in ("router_ml", "router_ml_offline", "per_category", "knn100", "oracle", "single:gpt-4o"):
+    for name in ("router_ml", "router_ml_offline", "per_category", "knn100", "single_model_hull", "oracle"):
         assert {"points", "q_max", "cost_at_parity", "cost_at_97_5", "auc"} <= set(routers[name]), name
-    assert len(routers["router_ml"]["points"]) == 3
+    assert len(routers["router_ml"]["points"]) == len(routers["router_ml"]["points_sd"]) == len(lams)
     assert result["router_ml"] == routers["router_ml"]
+    # one learned quality model per seed: its greedy choice only gets cheaper as lam grows, so does the seed average
+    costs = [c for c, _ in routers["router_ml"]["points"]]
+    assert all(np.diff(costs) <= 1e-12) and costs[-1] < costs[0]
     # the online policy learned something: its best point beats the median single model
     singles = sorted(v["q_max"] for k, v in routers.items() if k.startswith("single:"))
     assert routers["router_ml"]["q_max"] > singles[len(singles) // 2]
-    # lam orders the online points by cost: the largest penalty is the cheapest
-    costs = [c for c, _ in routers["router_ml"]["points"]]
-    assert costs[-1] < costs[0]
+
+    best = result["best_single"]
+    ops = result["operating_points"]
+    assert set(ops) == {"router_ml", "router_ml_offline", "per_category", "knn100", "single_model_hull"}
+    for name, targets in ops.items():
+        assert list(targets) == ["parity", "quality:0.975", "budget:10%", "budget:25%"], name
+        for label, op in targets.items():
+            assert op["quality_frac"] == pytest.approx(op["quality"] / best["quality"])
+            assert op["cost_frac"] == pytest.approx(op["cost_usd"] / best["cost"])
+            assert op["quality_frac_sd"] >= 0 and op["cost_frac_sd"] >= 0
+            weights = op["point"]["weights"]
+            assert abs(sum(weights) - 1) < 1e-9 and 1 <= len(weights) <= 2, (name, label)
+        # budgets are chosen within the budget on validation (TRAIN), and every router may fall back on singles
+        train_cost_per_1k = targets["budget:25%"]["validation_cost_per_1k"]
+        assert targets["budget:10%"]["validation_cost_per_1k"] <= train_cost_per_1k + 1e-9
+    # the hull, chosen on TRAIN, is never above the TEST hull at the cost it spends
+    assert all(op["margin_over_hull"] <= 1e-9 for op in ops["single_model_hull"].values())
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -113,7 +119,11 @@ def test_benchmark_rejects_bad_input(home: Path, tmp_path: Path, shared_benchmar
     ("flags", "fragment"),
     [
         (["--lams", "0.1,abc"], "--lams must be comma-separated numbers"),
-        (["--lams", "-1"], "'lams' must be finite numbers >= 0"),
+        (["--lams", "-1"], "'lams' must be finite numbers > 0"),
+        (["--collect", "0.1"], "--collect must be two numbers"),
+        (["--collect", "0.5,0.1"], "'collect' must be a range"),
+        (["--folds", "1"], "'folds' >= 2"),
+        (["--targets", "parity,cheaper"], "target: 'cheaper' is not"),
         (["--modes", "online,sideways"], "'modes' must be online and/or offline"),
         (["--events-per-prompt", "0"], "'events_per_prompt' must be > 0"),
     ],

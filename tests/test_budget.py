@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from router_ml import settings
-from router_ml.budget import DualLambda, expected_cost_per_1k, retarget, score_gaps, squarecb
+from router_ml.budget import DualLambda, retarget, score_gaps, squarecb
 from router_ml.catalog import Catalog
 from router_ml.embed import CachedEmbedder
 from router_ml.features import FeatureConfig, Featurizer
@@ -17,7 +17,7 @@ from tests.servekit import MODELS
 
 @pytest.fixture(scope="module")
 def router(embedder: CachedEmbedder) -> Router:
-    """A real policy that learned gpt-4o is best (quality 1) and the rest are not, at a small lam."""
+    """A real policy that learned gpt-4o is best (quality 1) and the rest are not; it serves a small lam."""
     full = Catalog.load(settings.default_catalog())
     catalog = Catalog(tuple(full.spec(m) for m in MODELS))
     prompts = [f"question {i}: what is {i} + {i}?" for i in range(40)]
@@ -25,15 +25,17 @@ def router(embedder: CachedEmbedder) -> Router:
     policy = Policy(catalog, Featurizer.fit(emb, FeatureConfig(clusters=(2,))), PolicyConfig(lam=0.01))
     rng = np.random.default_rng(0)
     for i in range(600):
-        d = policy.decide(emb[i % 40], rng)
-        policy.learn_one(emb[i % 40], d.model, float(d.model == "gpt-4o"), 1e-5, d.probability)
+        d = policy.decide(emb[i % 40], rng, prompt_tokens=12)
+        policy.learn_one(
+            emb[i % 40], d.model, float(d.model == "gpt-4o"), 1e-5, d.probability, prompt_tokens=12, observe_cost=False
+        )
     return Router(policy, embedder)
 
 
 def test_inverting_squarecb_gives_back_the_same_distribution(router: Router) -> None:
     ctx = router.policy.featurizer.shared(router.embed("question 3: what is 3 + 3?").reshape(1, -1))[0]
     for candidates in (None, ["gpt-4o", "gemini-1.5-flash"]):
-        probs = router.policy.distribution(ctx, candidates)
+        probs = router.policy.distribution(ctx, candidates, lam=0.0)
         rebuilt = squarecb(score_gaps(probs, router.policy.gamma), router.policy.gamma)
         assert np.allclose(rebuilt, probs, atol=1e-6)
         assert np.array_equal(retarget(probs, router.policy.gamma, np.zeros(len(probs))), probs)
@@ -42,7 +44,7 @@ def test_inverting_squarecb_gives_back_the_same_distribution(router: Router) -> 
 def test_a_higher_lambda_buys_cheaper_decisions(router: Router) -> None:
     prompt = "question 5: what is 5 + 5?"
     emb = router.embed(prompt)
-    costs = expected_cost_per_1k(router.policy.catalog, 12, router.expected_output_tokens())
+    costs = router.expected_cost_per_1k(12)
     spent = []
     for lam in (0.01, 1.0, 10.0, 1000.0):
         draws = [router.decide(emb, np.random.default_rng(s), lam=lam, prompt_tokens=12) for s in range(200)]
@@ -58,11 +60,11 @@ def test_a_higher_lambda_buys_cheaper_decisions(router: Router) -> None:
 
 
 def test_usage_moves_cost_estimates_and_unseen_models_borrow_the_pool(router: Router) -> None:
-    before = router.expected_output_tokens()
+    before = router.policy.costs.expected_output_tokens()
     assert np.allclose(before, before[0])
     router.observe_usage("gpt-4o", 10)
     router.observe_usage("gpt-4o", 30)
-    after = router.expected_output_tokens()
+    after = router.policy.costs.expected_output_tokens()
     gpt = router.policy.catalog.index("gpt-4o")
     assert after[gpt] == pytest.approx((40 + 20) / 3)
     assert np.allclose(np.delete(after, gpt), 20.0)

@@ -22,6 +22,7 @@ from router_ml.artifacts import PolicyArtifact
 from router_ml.catalog import Catalog
 from router_ml.cli import main
 from router_ml.contracts import load_benchmark, load_logs
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder
 from router_ml.estimators import IPS, SNIPS, BanditFeedback, DoublyRobust, paired_difference
 from router_ml.evaluation import LoggedEvents, evaluate_policy, gate, target_distribution
@@ -117,7 +118,10 @@ def test_estimates_agree_with_exact_replay(world: World, embedder: CachedEmbedde
         assert covered >= 0.8, (key, covered)
     # the policy as it serves, against exact replay of its distribution on every prompt
     everywhere = target_distribution(
-        world.good_policy, embedder.encode(table.prompts), [table.models] * len(table.prompts)
+        world.good_policy,
+        embedder.encode(table.prompts),
+        [table.models] * len(table.prompts),
+        [estimate_tokens(p) for p in table.prompts],
     )
     exact = replay_distribution(table, everywhere, "policy")
     dr = good.policy.quality["dr"]

@@ -8,6 +8,7 @@ import numpy as np
 
 from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
@@ -31,7 +32,8 @@ def test_policy_beats_random_on_held_out_prompts(learning_benchmark: Path, embed
     assert report.n_ungraded == 3
     assert report.n_events == logs.height - 3
 
-    probs = policy.predict_many(embedder.encode(test.prompts))
+    tokens = [estimate_tokens(p) for p in test.prompts]
+    probs = policy.predict_many(embedder.encode(test.prompts), prompt_tokens=tokens)
     learned = replay_choices(test, probs.argmax(axis=1), "policy")
     uniform = replay_distribution(test, np.full_like(probs, 1 / len(catalog)), "uniform")
 

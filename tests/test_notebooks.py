@@ -111,7 +111,7 @@ def test_policy_versions_runs(notebook_benchmark: Path, home: Path, tmp_path: Pa
     )
     artifact, info = registry.load(child.version.version)
     embeddings = options.build().encode(table.prompts)
-    online = learn_online(artifact.policy, table, embeddings, 500, seed=2)
+    online = learn_online(artifact.policy, table, embeddings, 500, lams=(0.001, 0.1), seed=2)
     artifact.parent_version = info.version
     registry.log_version(
         artifact,

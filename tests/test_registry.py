@@ -12,6 +12,7 @@ import pytest
 from router_ml.artifacts import PolicyArtifact
 from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
@@ -55,7 +56,10 @@ def test_register_promote_and_load_by_alias(
     assert info.version == "1"
     prompts = FullInfo.from_benchmark(load_benchmark(small_benchmark)).prompts[:10]
     x = embedder.encode(prompts)
-    assert np.allclose(loaded.policy.predict_many(x), trained.policy.predict_many(x))
+    tokens = [estimate_tokens(p) for p in prompts]
+    assert np.allclose(
+        loaded.policy.predict_many(x, prompt_tokens=tokens), trained.policy.predict_many(x, prompt_tokens=tokens)
+    )
 
     # the registered model is a working MLflow pyfunc with explicit requirements
     pyfunc = mlflow.pyfunc.load_model("models:/router-ml@champion")
