@@ -15,11 +15,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from router_ml import settings
 from router_ml.embed import BACKENDS, DEFAULT_BACKEND
 from router_ml.features import FeatureConfig
+from router_ml.operating import Target
 from router_ml.policy import PolicyConfig
 
 if TYPE_CHECKING:
@@ -40,7 +41,13 @@ def _evaluation_flags(p: argparse.ArgumentParser) -> None:
 
 def _policy_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("policy")
-    g.add_argument("--lam", type=float, default=0.05, help="quality given up per USD per 1,000 requests (default 0.05)")
+    g.add_argument(
+        "--lam",
+        type=float,
+        default=None,
+        help=f"quality given up per USD per 1,000 requests (default {PolicyConfig().lam}; train and demo calibrate "
+        "it to --target unless it is given)",
+    )
     g.add_argument("--exploration", choices=["squarecb", "epsilon"], default="squarecb")
     g.add_argument("--epsilon", type=float, default=0.05, help="exploration rate for --exploration epsilon")
     g.add_argument("--gamma-scale", type=float, default=100.0, help="SquareCB greediness (higher explores less)")
@@ -78,9 +85,34 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or local)")
 
 
+def _target_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target (calibration on the logs)")
+    g.add_argument(
+        "--target",
+        default=None,
+        help="parity[:MODEL], quality:FRACTION[:MODEL], budget:USD_PER_1K or budget:PCT%%[:MODEL]; the operating "
+        "point is chosen by doubly robust estimates on held-out folds of the logs (default: parity with the best "
+        "model in the logs, unless --lam is given)",
+    )
+    g.add_argument("--folds", type=int, default=3, help="calibration folds (default 3)")
+    g.add_argument(
+        "--confidence",
+        type=float,
+        default=0.5,
+        help="one-sided confidence a quality target is met with (default 0.5: on the point estimate)",
+    )
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    """The calibration target: --target, else parity unless a fixed --lam was asked for."""
+    if args.target is not None:
+        return Target.parse(args.target)
+    return None if args.lam is not None else Target.parse("parity")
+
+
 def _configs(args: argparse.Namespace) -> tuple[PolicyConfig, FeatureConfig]:
     config = PolicyConfig(
-        lam=args.lam,
+        lam=PolicyConfig().lam if args.lam is None else args.lam,
         exploration=args.exploration,
         epsilon=args.epsilon,
         gamma_scale=args.gamma_scale,
@@ -121,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a policy (version, alias or folder) instead of starting fresh; models new to --catalog "
         "are explored and learned, the others keep what they learned",
     )
+    _target_flags(p)
     _policy_flags(p)
 
     p = sub.add_parser("demo", help="the main job: split, simulate, train, register, replay on held-out prompts")
@@ -133,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path, default=None, help="default: <benchmark>_prices.csv, else estimated")
     p.add_argument("--events-per-prompt", type=float, default=4.0)
     p.add_argument("--out", type=Path, default=None, help="output folder (default $ROUTER_ML_HOME/demo)")
+    _target_flags(p)
     _policy_flags(p)
 
     p = sub.add_parser("split", help="split a benchmark's prompts into TRAIN and TEST files by a hash of prompt_id")
@@ -150,8 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--catalog", type=Path, default=None, help="default: <train>_prices.csv, the shared prices, or estimated"
     )
-    p.add_argument("--events-per-prompt", type=float, default=12.0)
-    p.add_argument("--lams", default=None, help="comma-separated lam values (default: a log sweep)")
+    p.add_argument("--events-per-prompt", type=float, default=None, help="default 12 (--quick: 3)")
+    p.add_argument(
+        "--lams", default=None, help="comma-separated lam values x the best model's cost per 1k (default: a log sweep)"
+    )
+    p.add_argument("--collect", default=None, help="low,high: the online stream's cost weights, same units")
+    p.add_argument("--seeds", type=int, default=None, help="policies per router, averaged (default 3; --quick: 2)")
+    p.add_argument("--folds", type=int, default=None, help="validation folds inside TRAIN (default 3; --quick: 2)")
+    p.add_argument("--targets", default=None, help="comma-separated targets (default parity, 97.5%%, 10%% and 25%%)")
+    p.add_argument("--quick", action="store_true", help="a small protocol for smoke runs")
     p.add_argument("--knn-k", type=int, default=100)
     p.add_argument("--modes", default="online,offline")
     p.add_argument("--workers", type=int, default=2, help="policies trained in parallel")
@@ -258,11 +299,18 @@ def _cmd_train(args: argparse.Namespace) -> None:
         passes=args.passes,
         embedder=_embedder(args),
         registry=registry,
+        target=_target(args),
+        folds=args.folds,
+        confidence=args.confidence,
         warm_start=args.warm_start,
     )
     r = outcome.report
     print(f"learned from {r.n_events} events ({r.n_ungraded} ungraded skipped) at {r.events_per_second:,.0f} events/s")
     print(f"progressive SNIPS: quality {r.progressive_quality:.4f}, cost ${r.progressive_cost_usd * 1000:.4f}/1k")
+    if outcome.calibration is not None:
+        print(outcome.calibration.format())
+    else:
+        print(f"operating point: {outcome.policy.operating.label} (no calibration: --lam was given)")
     print(f"registered {outcome.version.name} version {outcome.version.version} (run {outcome.version.run_id})")
     if args.promote:
         registry.promote(outcome.version.version)
@@ -283,6 +331,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         passes=args.passes,
         embedder=_embedder(args),
         registry=_registry(args),
+        target=_target(args),
         catalog_path=args.catalog,
         seed=args.seed,
     )
@@ -301,16 +350,26 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
     from training.benchmark import BenchmarkConfig, format_table, run_benchmark, write_outputs
 
     config, features = _configs(args)
-    bench_cfg = BenchmarkConfig(
+    given: dict[str, Any] = {
+        "events_per_prompt": args.events_per_prompt,
+        "seeds": args.seeds,
+        "folds": args.folds,
+        "relative_lams": _floats(args.lams, "--lams") if args.lams else None,
+        "collect": _floats(args.collect, "--collect") if args.collect else None,
+        "targets": tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None,
+    }
+    if given["collect"] is not None and len(given["collect"]) != 2:
+        raise ValueError("--collect must be two numbers: low,high")
+    settings_ = dict(
         policy=config,
         features=features,
-        events_per_prompt=args.events_per_prompt,
         knn_k=args.knn_k,
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         seed=args.seed,
         workers=args.workers,
-        **({"lams": _floats(args.lams, "--lams")} if args.lams else {}),
+        **{k: v for k, v in given.items() if v is not None},
     )
+    bench_cfg = BenchmarkConfig.quick(**settings_) if args.quick else BenchmarkConfig(**settings_)
     result = run_benchmark(args.train, args.test, bench_cfg, _embedder(args).build(), catalog_path=args.catalog)
     write_outputs(result, args.json, args.plot)
     print(format_table(result))

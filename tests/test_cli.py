@@ -12,6 +12,7 @@ import pytest
 
 from router_ml import settings
 from router_ml.cli import main
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder
 from router_ml.registry import PolicyRegistry
 
@@ -143,5 +144,5 @@ def test_adding_a_model_warm_starts_instead_of_retraining(
     assert v2.policy.updates == v1.policy.updates + 1500, "version 2 continued version 1, it did not restart"
     assert v2.policy.featurizer.centroids[0].tobytes() == v1.policy.featurizer.centroids[0].tobytes()
     prompts = pl.read_parquet(small_benchmark)["prompt"].unique().sort().head(20).to_list()
-    probs = v2.policy.predict_many(embedder.encode(prompts))
+    probs = v2.policy.predict_many(embedder.encode(prompts), prompt_tokens=[estimate_tokens(p) for p in prompts])
     assert (probs[:, v2.policy.catalog.index(newcomer)] > 0).all(), "the new model is offered (explored) everywhere"

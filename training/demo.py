@@ -13,12 +13,15 @@ import numpy as np
 from router_ml.artifacts import PolicyArtifact
 from router_ml.atomic import atomic_write_text
 from router_ml.contracts import load_benchmark
+from router_ml.cost_model import estimate_tokens
 from router_ml.embed import Embedder
 from router_ml.features import FeatureConfig
+from router_ml.frontier import hull_quality
 from router_ml.fullinfo import FullInfo
+from router_ml.operating import Target
 from router_ml.policy import Policy, PolicyConfig
 from router_ml.registry import CHAMPION, PolicyRegistry
-from router_ml.replay import ReplayResult, best_single, replay_choices, replay_distribution, single_models
+from router_ml.replay import ReplayResult, best_single, replay_distribution, single_models
 from router_ml.simulate import simulate
 from router_ml.split import split_by_hash
 from training.evaluate import evaluate_artifact, format_report, metrics
@@ -27,12 +30,15 @@ from training.pipelines import EmbedderOptions, catalog_for_benchmark, run_train
 
 def holdout_report(policy: Policy, embedder: Embedder, table: FullInfo) -> dict[str, Any]:
     """Exact replay of ``policy`` on held-out prompts against every single model."""
-    probs = policy.predict_many(embedder.encode(table.prompts, progress=True))
-    greedy = replay_choices(table, probs.argmax(axis=1), "router-ml (greedy)")
+    embeddings = embedder.encode(table.prompts, progress=True)
+    tokens = [estimate_tokens(p) for p in table.prompts]
+    probs = policy.predict_many(embeddings, prompt_tokens=tokens)
+    greedy = replay_distribution(table, policy.greedy_many(embeddings, prompt_tokens=tokens), "router-ml (greedy)")
     expected = replay_distribution(table, probs, "router-ml (exploring)")
     best = best_single(table)
     singles = sorted(single_models(table), key=lambda r: -r.quality)
     mix = {m: float(s) for m, s in zip(table.models, np.bincount(probs.argmax(axis=1), minlength=len(table.models)))}
+    hull = hull_quality([(s.cost_usd, s.quality) for s in singles], greedy.cost_usd)
     return {
         "n_prompts": len(table.prompt_ids),
         "policy": greedy.to_dict(),
@@ -40,6 +46,8 @@ def holdout_report(policy: Policy, embedder: Embedder, table: FullInfo) -> dict[
         "best_single": best.to_dict(),
         "quality_vs_best": greedy.quality - best.quality,
         "cost_ratio_vs_best": greedy.cost_usd / best.cost_usd if best.cost_usd > 0 else None,
+        "hull_quality_at_cost": hull,
+        "margin_over_hull": greedy.quality - hull,
         "singles": [s.to_dict() for s in singles],
         "model_mix": {m: n for m, n in sorted(mix.items(), key=lambda kv: -kv[1]) if n > 0},
     }
@@ -59,6 +67,10 @@ def format_holdout(report: dict[str, Any]) -> str:
         ratio = f"{r.cost_usd / best.cost_usd:>12.1%}" if best.cost_usd > 0 else f"{'n/a':>12}"
         lines.append(f"{r.router:<28} {r.quality:>8.4f} {r.cost_usd * 1000:>11.4f} {ratio}")
     lines.append("")
+    lines.append(
+        f"single-model hull at the router's cost (the best mix of two single models): "
+        f"{report['hull_quality_at_cost']:.4f}; router-ml's margin over it: {report['margin_over_hull']:+.4f}"
+    )
     mix = ", ".join(f"{m} {int(n)}" for m, n in list(report["model_mix"].items())[:6])
     lines.append(f"greedy model mix: {mix}")
     return "\n".join(lines)
@@ -74,12 +86,14 @@ def run_demo(
     passes: int,
     embedder: EmbedderOptions,
     registry: PolicyRegistry,
+    target: Target | None,
     catalog_path: Path | None = None,
     seed: int = 0,
 ) -> tuple[dict[str, Any], str]:
-    """The main job: split prompts 80/20 by hash, simulate uniform traffic on TRAIN, train and register a
-    policy (the first version becomes champion), replay it exactly on TEST, and estimate it counterfactually
-    from uniform logs on TEST so the estimate can be read against the truth."""
+    """The main job: split prompts 80/20 by hash, simulate uniform traffic on TRAIN, train a policy and calibrate
+    it to ``target`` on those logs, register it (the first version becomes champion), replay it exactly on TEST
+    against the single models and their hull, and estimate it counterfactually from uniform logs on TEST so the
+    estimate can be read against the truth."""
     t0 = time.perf_counter()
     bench = load_benchmark(benchmark)
     catalog = catalog_for_benchmark(benchmark, bench, catalog_path)
@@ -98,6 +112,7 @@ def run_demo(
         passes=passes,
         embedder=embedder,
         registry=registry,
+        target=target,
         extra_params={"benchmark": str(benchmark), "split": "sha256(prompt_id) < 0.2 is test"},
     )
     encoder = embedder.build()
@@ -130,6 +145,7 @@ def run_demo(
         registry.promote(outcome.version.version)
     report.update(
         {
+            "calibration": outcome.calibration.to_dict() if outcome.calibration else None,
             "version": outcome.version.version,
             "run_id": outcome.version.run_id,
             "train_events": outcome.report.n_events,
@@ -138,4 +154,5 @@ def run_demo(
         }
     )
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
-    return report, format_holdout(report) + "\n\n" + table_text
+    calibrated = outcome.calibration.format() + "\n\n" if outcome.calibration else ""
+    return report, calibrated + format_holdout(report) + "\n\n" + table_text

@@ -6,17 +6,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from router_ml import settings
 from router_ml.artifacts import PolicyArtifact
 from router_ml.atomic import atomic_write_with
+from router_ml.calibrate import CalibrationReport, calibrate
 from router_ml.catalog import Catalog
-from router_ml.contracts import load_benchmark, load_logs
+from router_ml.contracts import graded_only, load_benchmark, load_logs
 from router_ml.embed import DEFAULT_BACKEND, CachedEmbedder, Embedder, EmbeddingCache, build_encoder
+from router_ml.evaluation import LoggedEvents
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
-from router_ml.learn import TrainReport, file_fingerprint, train_policy
+from router_ml.learn import TrainReport, file_fingerprint, fit_graded, train_policy
+from router_ml.operating import Target
 from router_ml.policy import Policy, PolicyConfig
 from router_ml.registry import PolicyRegistry, VersionInfo, load_policy
 from router_ml.simulate import EpsilonGreedy, LoggingPolicy, Uniform, simulate
@@ -98,12 +103,13 @@ def catalog_for_benchmark(benchmark: Path, bench: pl.DataFrame, catalog: Path | 
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    """A trained policy, its report and its MLflow version."""
+    """A trained policy, its report, its calibration (if it was calibrated to a target) and its MLflow version."""
 
     policy: Policy
     report: TrainReport
     version: VersionInfo
     embedder: str
+    calibration: CalibrationReport | None = None
 
 
 def run_train(
@@ -115,10 +121,15 @@ def run_train(
     passes: int,
     embedder: EmbedderOptions,
     registry: PolicyRegistry,
+    target: Target | None = None,
+    folds: int = 3,
+    confidence: float = 0.5,
     warm_start: str | None = None,
     extra_params: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> TrainOutcome:
-    """Train on a logged-traffic file and register the result as a new MLflow model version.
+    """Train on a logged-traffic file, calibrate it to ``target`` (unless ``None``: then it serves the router at
+    ``config.lam``) and register the result as a new MLflow model version.
 
     With ``warm_start`` (a version, alias or folder) the existing policy continues learning over
     ``catalog``: its features and VW settings are kept (``config`` and ``features`` are then ignored)
@@ -134,10 +145,35 @@ def run_train(
             raise ValueError(f"train: --warm-start policy uses embedder '{previous.embedder}', not '{enc.name}'")
         start = previous.policy.with_catalog(catalog)
         config, features = start.config, start.featurizer.config
-    policy, report = train_policy(logs, enc, catalog, config, features, passes=passes, warm_start=start)
+    policy, report = train_policy(
+        logs,
+        enc,
+        catalog,
+        config,
+        features,
+        passes=passes,
+        warm_start=start.copy() if start else None,
+        progress=progress,
+    )
+    calibration = None
+    if target is not None:
+        graded = graded_only(logs).graded
+        events = LoggedEvents.from_logs(logs, catalog)
+        embeddings = enc.encode(events.prompts)
+
+        def fit(rows: npt.NDArray[np.int64]) -> Policy:
+            fold = start.copy() if start is not None else None
+            return fit_graded(
+                graded[rows], embeddings[rows], catalog, config, features, passes=passes, warm_start=fold
+            )[0]
+
+        calibration = calibrate(events, embeddings, fit, target, folds=folds, confidence=confidence)
+        policy = policy.at(calibration.point)
     artifact = PolicyArtifact(policy, embedder=enc.name, embedder_path=embedder.model_path, parent_version=parent)
     params: dict[str, Any] = {
-        "lam": config.lam,
+        "lam": policy.config.lam,
+        "operating_point": policy.operating.label,
+        "target": calibration.target if calibration else "",
         "exploration": config.exploration,
         "epsilon": config.epsilon,
         "gamma_scale": config.gamma_scale,
@@ -167,12 +203,20 @@ def run_train(
         "progressive_snips_quality": report.progressive_quality,
         "progressive_snips_cost_usd": report.progressive_cost_usd,
         "progressive_snips_reward": report.progressive_reward,
+        **(calibration.metrics() if calibration else {}),
     }
+    tags = {"source": "batch", **({"parent_version": parent} if parent else {})}
+    if calibration is not None:
+        tags |= {
+            "target": calibration.target,
+            "target_met": str(calibration.met).lower(),
+            "reference": calibration.reference,
+        }
     version = registry.log_version(
         artifact,
         params=params,
         metrics=metrics,
-        tags={"source": "batch", **({"parent_version": parent} if parent else {})},
-        run_name=f"train-lam{config.lam}",
+        tags=tags,
+        run_name=f"train-{calibration.target if calibration else f'lam{config.lam}'}",
     )
-    return TrainOutcome(policy=policy, report=report, version=version, embedder=enc.name)
+    return TrainOutcome(policy=policy, report=report, version=version, embedder=enc.name, calibration=calibration)
