@@ -1,8 +1,14 @@
 """Test kit for the service: a fake OpenAI-compatible upstream on 127.0.0.1, and `router-ml serve` as a real process.
 
-The fake upstream answers by the model name it receives: ``<behaviour>-<anything>``, where behaviour is
-``ok`` (a JSON answer with usage), ``fail`` (HTTP 500), ``slow`` (sleeps past the router's first-byte
-timeout) or ``stream`` semantics follow the request's own ``stream`` flag.
+The fake upstream answers by the model name it receives, ``<behaviour>-<anything>``; it streams when the request
+asks. Behaviours: ``ok`` (an answer with usage), ``fail`` (HTTP 500), ``slow`` (sleeps past the router's first-byte
+timeout before answering), ``cut`` (a stream that breaks off after two chunks: the connection is dropped),
+``stall`` (a stream that stops sending after two chunks, past the router's read timeout), ``nodone`` (a stream
+that ends cleanly without ``[DONE]``), ``long`` (a stream of 200 chunks, 20 ms apart), and ``nan``, ``inf``,
+``neg`` (usage of NaN, Infinity or -5 tokens, as raw JSON constants).
+
+Keys: ``API_KEY`` is tenant ``team-a``'s, ``OTHER_KEY`` the ``default`` tenant's, ``TEAM_B_KEY`` tenant ``team-b``'s
+and ``ADMIN_KEY`` an admin key.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 API_KEY = "test-key-123"
+OTHER_KEY = "other-key"
+TEAM_B_KEY = "team-b-key"
+ADMIN_KEY = "admin-key"
 MODELS = ["gemini-1.5-flash", "gemini-1.5-pro", "gpt-4o", "llama-3.1-8b-instruct"]
 SLOW_SECONDS = 3.0
 
@@ -36,6 +45,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_USAGE = {"ok": "11", "nan": "NaN", "inf": "Infinity", "neg": "-5"}
+
+
+def _usage(behaviour: str) -> str:
+    tokens = _USAGE.get(behaviour, "11")
+    return f'{{"prompt_tokens": {tokens}, "completion_tokens": 7, "total_tokens": 18}}'
 
 
 async def _chat(request: Request) -> Response:
@@ -47,29 +64,35 @@ async def _chat(request: Request) -> Response:
         return JSONResponse({"error": {"message": "internal failure"}}, status_code=500)
     if behaviour == "slow":
         await asyncio.sleep(SLOW_SECONDS)
-    text = f"answer from {model}"
+    words = [f"w{i}" for i in range(200)] if behaviour == "long" else f"answer from {model}".split()
     if body.get("stream"):
 
         async def events() -> AsyncIterator[bytes]:
-            for word in text.split():
+            for i, word in enumerate(words):
+                if i == 2 and behaviour == "cut":
+                    raise ConnectionResetError("the upstream dropped the connection")
+                if i == 2 and behaviour == "stall":
+                    await asyncio.sleep(SLOW_SECONDS)
                 chunk = {"model": model, "choices": [{"index": 0, "delta": {"content": word + " "}}]}
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.02 if behaviour == "long" else 0.01)
+            if behaviour == "nodone":
+                return
             if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-                yield f"data: {json.dumps({'model': model, 'choices': [], 'usage': usage})}\n\n".encode()
+                yield f'data: {{"model": "{model}", "choices": [], "usage": {_usage(behaviour)}}}\n\n'.encode()
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
-    return JSONResponse(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-        }
-    )
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}
+        ],
+    }
+    text = json.dumps(answer)[:-1] + f', "usage": {_usage(behaviour)}}}'
+    return Response(text, media_type="application/json")
 
 
 class FakeUpstream:
@@ -111,6 +134,10 @@ def write_config(path: Path, *, home: Path, upstream: str, models: dict[str, str
         "first_byte_timeout_seconds = 1.0",
         "connect_timeout_seconds = 1.0",
         "max_attempts = 4",
+        '[tenants."team-a"]',
+        'api_keys_env = "TEAM_A_KEYS"',
+        '[tenants."team-b"]',
+        'api_keys_env = "TEAM_B_KEYS"',
     ]
     for name, behaviour in models.items():
         lines += [f'[upstream.models."{name}"]', f'upstream_model = "{behaviour}-{name}"']
@@ -121,8 +148,9 @@ def write_config(path: Path, *, home: Path, upstream: str, models: dict[str, str
 class ServerProcess:
     """`router-ml serve` in its own process on a free loopback port."""
 
-    def __init__(self, config: Path, home: Path, tracking_uri: str) -> None:
+    def __init__(self, config: Path, home: Path, tracking_uri: str, env: dict[str, str] | None = None) -> None:
         self.config, self.home, self.tracking_uri = config, home, tracking_uri
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -132,7 +160,11 @@ class ServerProcess:
             **os.environ,
             "ROUTER_ML_HOME": str(self.home),
             "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "ROUTER_ML_API_KEYS": f"other-key,{API_KEY}",
+            "ROUTER_ML_API_KEYS": OTHER_KEY,
+            "TEAM_A_KEYS": API_KEY,
+            "TEAM_B_KEYS": TEAM_B_KEY,
+            "ROUTER_ML_ADMIN_KEYS": ADMIN_KEY,
+            **self.env,
         }
         cmd = [sys.executable, "-m", "router_ml.cli", "serve", "--config", str(self.config), "--port", str(self.port)]
         with open(self.home / "serve.err", "ab") as err:  # the child keeps its own copy of the descriptor
@@ -173,5 +205,5 @@ def running(config: Path, home: Path, tracking_uri: str) -> Iterator[ServerProce
         server.stop()
 
 
-def client(server: ServerProcess) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {API_KEY}"}, timeout=30.0)
+def client(server: ServerProcess, key: str = API_KEY) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {key}"}, timeout=30.0)

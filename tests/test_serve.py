@@ -22,7 +22,7 @@ from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark, load_logs
 from router_ml.fullinfo import FullInfo
 from router_ml.registry import PolicyRegistry
-from tests.servekit import API_KEY, MODELS, FakeUpstream, ServerProcess, client, write_config
+from tests.servekit import ADMIN_KEY, API_KEY, MODELS, FakeUpstream, ServerProcess, client, write_config
 
 SNAPSHOT_EVERY = 20
 
@@ -209,7 +209,8 @@ def test_openai_sdk_through_the_router_with_fallback_and_streaming(
     assert upstream.calls[-2:] == ["fail-gemini-1.5-flash", "ok-gpt-4o"]
     with client(server) as c:
         spend = c.get("/v1/spend").json()
-        assert spend["by_model"]["gpt-4o"] > 0
+        assert spend["tenant"] == "team-a" and spend["by_model"]["gpt-4o"] > 0
+    with client(server, ADMIN_KEY) as c:
         metrics = c.get("/metrics").text
     assert 'router_choices_total{model="' in metrics
     assert "router_request_seconds_bucket" in metrics and "router_spend_usd_total" in metrics
@@ -332,6 +333,7 @@ def test_hot_reload_when_the_champion_moves(
     wait_for(lambda: str(health(server)["policy_version"]).split("+")[0] == new.version, timeout=60)
     with client(server) as c:
         assert c.post("/v1/route", json={"prompt": "after the reload"}).json()["policy_version"] == new.version
+    with client(server, ADMIN_KEY) as c:
         assert "router_reloads_total 1.0" in c.get("/metrics").text
 
 
@@ -345,4 +347,6 @@ def test_export_logs_is_training_data(stack: tuple[ServerProcess, PolicyRegistry
     graded = logs.filter(pl.col("quality").is_not_null())
     assert graded.height >= SNAPSHOT_EVERY + 8 * 130
     assert set(logs["model"].unique()) <= set(MODELS)
-    assert logs.filter(pl.col("tenant") == "team-a").height == SNAPSHOT_EVERY
+    # a key's tenant is the decision's tenant: one route was made with the default tenant's key, the rest with team-a's
+    assert set(logs["tenant"].unique()) == {"team-a", "default"}
+    assert logs.filter(pl.col("tenant") == "default").height == 1
