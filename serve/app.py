@@ -412,8 +412,8 @@ class RelayResponse(StreamingResponse):
                     log.exception("recording the end of a stream failed")
 
 
-def _openai_error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+def _openai_error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -605,10 +605,10 @@ def create_app(service: Service) -> FastAPI:
         except UpstreamFailed as exc:
             _count_fallbacks(metrics, exc.failures)
             await run_in_threadpool(service.log.record_usage, record.decision_id, "", 0.0, 0, 0, "failed")
-            return _openai_error(502, str(exc), "upstream_error")
+            return _openai_error(502, str(exc), "upstream_error", headers)
         except ClientError as exc:
             await run_in_threadpool(service.log.record_usage, record.decision_id, "", 0.0, 0, 0, "failed")
-            return _openai_error(exc.status, str(exc), "invalid_request_error")
+            return _openai_error(exc.status, str(exc), "invalid_request_error", headers)
         _count_fallbacks(metrics, answer.failures)
         cost = await service.metered(record, answer.model, answer.usage, "answered")
         headers |= {

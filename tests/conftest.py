@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +19,7 @@ from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
 from router_ml.policy import PolicyConfig
 from router_ml.simulate import simulate
-from tests.servekit import MODELS
+from tests.servekit import MODELS, FakeUpstream
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -97,3 +98,10 @@ def policy_artifact(small_benchmark: Path, embedder: CachedEmbedder) -> PolicyAr
     logs = simulate(FullInfo.from_benchmark(bench, models=catalog.names), 400, seed=0)
     policy, _ = train_policy(logs, embedder, catalog, PolicyConfig(), FeatureConfig(clusters=(4,)), progress=False)
     return PolicyArtifact(policy, embedder=embedder.name)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    """A fake OpenAI-compatible upstream on 127.0.0.1 (one per test module), told per test how to misbehave."""
+    with FakeUpstream() as fake:
+        yield fake

@@ -5,7 +5,8 @@ asks. Behaviours: ``ok`` (an answer with usage), ``fail`` (HTTP 500), ``slow`` (
 timeout before answering), ``cut`` (a stream that breaks off after two chunks: the connection is dropped),
 ``stall`` (a stream that stops sending after two chunks, past the router's read timeout), ``nodone`` (a stream
 that ends cleanly without ``[DONE]``), ``long`` (a stream of 200 chunks, 20 ms apart), and ``nan``, ``inf``,
-``neg`` (usage of NaN, Infinity or -5 tokens, as raw JSON constants).
+``neg`` (usage of NaN, Infinity or -5 tokens, as raw JSON constants). ``FakeUpstream.commands`` overrides the
+behaviour for a model name on command.
 
 Keys: ``API_KEY`` is tenant ``team-a``'s, ``OTHER_KEY`` the ``default`` tenant's, ``TEAM_B_KEY`` tenant ``team-b``'s
 and ``ADMIN_KEY`` an admin key.
@@ -14,10 +15,12 @@ and ``ADMIN_KEY`` an admin key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,6 +35,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from router_ml.artifacts import PolicyArtifact
+from router_ml.registry import PolicyRegistry
 
 API_KEY = "test-key-123"
 OTHER_KEY = "other-key"
@@ -59,7 +65,7 @@ async def _chat(request: Request) -> Response:
     body = await request.json()
     model = str(body.get("model", ""))
     request.app.state.calls.append(model)
-    behaviour = model.split("-", 1)[0]
+    behaviour = request.app.state.commands.get(model, model.split("-", 1)[0])
     if behaviour == "fail":
         return JSONResponse({"error": {"message": "internal failure"}}, status_code=500)
     if behaviour == "slow":
@@ -101,7 +107,9 @@ class FakeUpstream:
     def __init__(self) -> None:
         app = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"])])
         app.state.calls = []
+        app.state.commands = {}
         self.calls: list[str] = app.state.calls
+        self.commands: dict[str, str] = app.state.commands  # e.g. {"ok-gpt-4o": "cut"}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -121,14 +129,37 @@ class FakeUpstream:
         self._thread.join(timeout=10)
 
 
-def write_config(path: Path, *, home: Path, upstream: str, models: dict[str, str], extra: str = "") -> Path:
-    """A service TOML: catalog models mapped to fake-upstream behaviours (``ok-...``, ``fail-...``)."""
+def champion(home: Path, artifact: PolicyArtifact) -> tuple[str, PolicyRegistry]:
+    """A fresh MLflow store under ``home`` holding ``artifact`` as version 1, the champion; returns its URI too."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    registry = PolicyRegistry(uri)
+    registry.log_version(artifact, params={"lam": 0.05}, metrics={})
+    registry.promote("1")
+    return uri, registry
+
+
+def write_config(
+    path: Path,
+    *,
+    home: Path,
+    upstream: str,
+    models: dict[str, str],
+    extra: str = "",
+    server: str = "",
+    log: Path | None = None,
+    log_options: str = "",
+) -> Path:
+    """A service TOML: catalog models mapped to fake-upstream behaviours (``ok-...``, ``fail-...``); ``server`` is the
+    body of its ``[server]`` table; the decision log at ``log`` (default: under ``home``), with ``log_options``."""
     lines = [
+        "[server]",
+        server,
         "[policy]",
         'ref = "champion"',
         "[log]",
-        f'path = "{home / "serve" / "decisions.sqlite"}"',
+        f'path = "{log or home / "serve" / "decisions.sqlite"}"',
         'durability = "full"',
+        log_options,
         "[upstream]",
         f'endpoint = "{upstream}"',
         "first_byte_timeout_seconds = 1.0",
@@ -155,7 +186,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
+    def _command(self) -> tuple[list[str], dict[str, str]]:
         env = {
             **os.environ,
             "ROUTER_ML_HOME": str(self.home),
@@ -167,6 +198,16 @@ class ServerProcess:
             **self.env,
         }
         cmd = [sys.executable, "-m", "router_ml.cli", "serve", "--config", str(self.config), "--port", str(self.port)]
+        return cmd, env
+
+    def fails_to_start(self, timeout: float = 120.0) -> tuple[int, str]:
+        """Run a server that is expected to refuse to start: its exit code and its standard error."""
+        cmd, env = self._command()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        return done.returncode, done.stderr
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        cmd, env = self._command()
         with open(self.home / "serve.err", "ab") as err:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + timeout
@@ -203,6 +244,20 @@ def running(config: Path, home: Path, tracking_uri: str) -> Iterator[ServerProce
         yield server
     finally:
         server.stop()
+
+
+def decision_row(server: ServerProcess, decision_id: str) -> dict[str, object]:
+    """A decision's row in the service's log, read beside the running service (WAL lets a reader in)."""
+    path = server.home / "serve" / "decisions.sqlite"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        db.row_factory = sqlite3.Row
+        found = db.execute(
+            "SELECT d.*, f.quality, f.cost_usd AS client_cost_usd FROM decisions d"
+            " LEFT JOIN feedback f USING (decision_id) WHERE decision_id = ?",
+            (decision_id,),
+        ).fetchone()
+    assert found is not None, f"no decision {decision_id} in the log"
+    return dict(found)
 
 
 def client(server: ServerProcess, key: str = API_KEY) -> httpx.Client:

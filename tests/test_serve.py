@@ -22,15 +22,9 @@ from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark, load_logs
 from router_ml.fullinfo import FullInfo
 from router_ml.registry import PolicyRegistry
-from tests.servekit import ADMIN_KEY, API_KEY, MODELS, FakeUpstream, ServerProcess, client, write_config
+from tests.servekit import ADMIN_KEY, API_KEY, MODELS, FakeUpstream, ServerProcess, champion, client, write_config
 
 SNAPSHOT_EVERY = 20
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +32,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, policy_artifact: PolicyArtifact, upstream: FakeUpstream
 ) -> Iterator[tuple[ServerProcess, PolicyRegistry]]:
     home = tmp_path_factory.mktemp("serve-home")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    registry = PolicyRegistry(uri)
-    registry.log_version(policy_artifact, params={"lam": 0.05}, metrics={})
-    registry.promote("1")
+    uri, registry = champion(home, policy_artifact)
     behaviours = {"gpt-4o": "ok", "gemini-1.5-pro": "slow", "gemini-1.5-flash": "fail", "llama-3.1-8b-instruct": "ok"}
     extra = f"[learning]\nsnapshot_every_updates = {SNAPSHOT_EVERY}\nreload_poll_seconds = 1.0\n"
     config = write_config(home / "serve.toml", home=home, upstream=upstream.url, models=behaviours, extra=extra)
