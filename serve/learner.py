@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router_ml.artifacts import PolicyArtifact
+from router_ml.bounded import ByteLRU
 from router_ml.decision_log import CostBound, DecisionLog, GradedDecision
 from router_ml.policy import Decision
 from router_ml.registry import PolicyRegistry, VersionInfo
@@ -40,8 +41,9 @@ from serve.metrics import Metrics
 log = logging.getLogger("router_ml.serve")
 T = TypeVar("T")
 
-_MEMO = 20_000
-"""Embeddings kept in memory between a decision and its feedback; older ones are embedded again."""
+MEMO_BYTES = 32 << 20
+"""Bound of the embeddings kept between a decision and its feedback (about 20,000 of MiniLM's 384 floats); the
+least recently decided leave first, and their feedback embeds the prompt again."""
 
 TAG_SOURCE, TAG_PARENT, TAG_BASE, TAG_LOG, TAG_SEQ = (
     "source",
@@ -89,7 +91,8 @@ class OnlineLearner:
         self._rng = np.random.default_rng(config.seed)
         self._policy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
         self._registry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
-        self._memo: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._memo: ByteLRU[str, npt.NDArray[np.float32]] = ByteLRU(MEMO_BYTES, _memo_bytes)
+        _serving(router)
         self._seq_lock = threading.Lock()
         self._seq = 0  # the model holds every feedback up to this sequence number (policy thread only)
         self._last_snapshot = time.monotonic()
@@ -121,9 +124,7 @@ class OnlineLearner:
             decision = self.router.decide(
                 embedding, self._rng, candidates=candidates, lam=lam, prompt_tokens=prompt_tokens
             )
-            self._memo[decision_id] = embedding
-            if len(self._memo) > _MEMO:
-                self._memo.popitem(last=False)
+            self._memo.put(decision_id, embedding)
             return decision, self.version
 
         return await self._on_policy(run)
@@ -157,7 +158,7 @@ class OnlineLearner:
             return False
         try:
             if graded.learnable:
-                embedding = self._memo.pop(graded.decision_id, None)
+                embedding = self._memo.pop(graded.decision_id)
                 if embedding is None:
                     embedding = self.router.embed(graded.prompt)
                 self.router.policy.learn_one(
@@ -254,6 +255,7 @@ class OnlineLearner:
         return True
 
     def _swap(self, loaded: Loaded, router: Router) -> None:
+        _serving(router)
         self.router, self._artifact = router, loaded.artifact
         self._version, self._base = loaded.version, loaded.base_version
         self._updates_at_version = router.policy.updates
@@ -268,6 +270,15 @@ class OnlineLearner:
         """Finish queued updates and registry work."""
         self._policy.shutdown(wait=True)
         self._registry.shutdown(wait=True)
+
+
+def _serving(router: Router) -> None:
+    """A service never decides twice on one context object, so its policy keeps no VW shared examples."""
+    router.policy.shared_cache.max_bytes = 0
+
+
+def _memo_bytes(decision_id: str, embedding: npt.NDArray[np.float32]) -> int:
+    return embedding.nbytes + sys.getsizeof(decision_id) + 112  # the array's own header
 
 
 def resolve_start(registry: PolicyRegistry, ref: str, decision_log: DecisionLog) -> Loaded:
