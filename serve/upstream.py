@@ -252,8 +252,8 @@ class Relay:
                             yield out
         except httpx.HTTPError as exc:
             reason = "stalled" if isinstance(exc, httpx.TimeoutException) else "broke off"
-        except ValueError:
-            reason = "sent a chunk that is not a JSON object"
+        except ValueError as exc:
+            reason = f"sent {exc}"
         else:
             if done:
                 self.outcome = "answered"
@@ -264,12 +264,17 @@ class Relay:
         yield b"data: " + json.dumps({"error": {"message": message, "type": "upstream_error"}}).encode() + b"\n\n"
 
     def _chunk(self, data: bytes) -> bytes | None:
-        """One upstream chunk as the client gets it (None: nothing for the client). Raises ValueError if not JSON."""
-        msg = strict_json(data)
+        """One upstream chunk as the client gets it (None: nothing for the client); ValueError names what is wrong."""
+        try:
+            msg = strict_json(data)
+        except ValueError:
+            raise ValueError("a chunk that is not JSON") from None
         if not isinstance(msg, dict):
-            raise ValueError("not a JSON object")
+            raise ValueError("a chunk that is not a JSON object")
         if isinstance(msg.get("error"), dict):  # the upstream's own error event
-            raise ValueError("error event")
+            raise ValueError("an error event")
+        if not isinstance(msg.get("choices", []), list):
+            raise ValueError("a chunk whose 'choices' is not a list")
         for choice in msg.get("choices") or []:
             if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
                 content = choice["delta"].get("content")
