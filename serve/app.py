@@ -137,7 +137,8 @@ class ChatRequest(BaseModel):
         """Everything here is forwarded as JSON: every string valid Unicode, every number finite."""
         found = unforwardable(data)
         if found is not None:
-            raise ValueError(f"'{found[0]}' {found[1]}")
+            path = found[0].encode("utf-8", "backslashreplace").decode()  # the path may hold the surrogate itself
+            raise ValueError(f"'{path[:200]}' {found[1]}")
         return data
 
     def include_usage(self) -> bool:

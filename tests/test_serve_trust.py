@@ -25,14 +25,12 @@ from router_ml.catalog import Catalog
 from tests.servekit import (
     ADMIN_KEY,
     API_KEY,
-    MODELS,
     TEAM_B_KEY,
     FakeUpstream,
     ServerProcess,
-    champion,
     client,
     decision_row,
-    write_config,
+    serving_champion,
 )
 
 BODY_TIMEOUT = 1.0
@@ -43,19 +41,9 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, policy_artifact: PolicyArtifact, upstream: FakeUpstream
 ) -> Iterator[ServerProcess]:
     home = tmp_path_factory.mktemp("trust-home")
-    uri, _ = champion(home, policy_artifact)
-    config = write_config(
-        home / "serve.toml",
-        home=home,
-        upstream=upstream.url,
-        models=dict.fromkeys(MODELS, "ok"),
-        server=f"body_timeout_seconds = {BODY_TIMEOUT}\nopenapi = true",
-    )
-    process = ServerProcess(config, home, uri).start()
-    try:
+    server = f"body_timeout_seconds = {BODY_TIMEOUT}\nopenapi = true"
+    with serving_champion(home, policy_artifact, upstream.url, server=server) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
@@ -225,6 +213,9 @@ def test_client_input_gets_a_4xx_naming_the_field(server: ServerProcess) -> None
         surrogate = b'{"model": "router", "messages": [{"role": "user", "content": "a\\udfff"}]}'
         r = c.post("/v1/chat/completions", content=surrogate, headers={"content-type": "application/json"})
         assert r.status_code == 422 and "messages.0.content" in r.text
+        key = b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "x\\udfff": 1}'
+        r = c.post("/v1/chat/completions", content=key, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "Unicode" in r.text
         nan = b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
         r = c.post("/v1/chat/completions", content=nan, headers={"content-type": "application/json"})
         assert r.status_code == 422 and "temperature" in r.text
