@@ -240,9 +240,12 @@ class DecisionLog:
         )
 
     def interrupted(self) -> int:
-        """Mark the calls still ``forwarding`` as ``interrupted`` (at start-up: the service stopped mid-call)."""
+        """Mark the calls still ``forwarding`` as ``interrupted`` (at start-up: the service stopped mid-call). No model
+        is recorded as having answered them, so their grades are kept but not learned from."""
         return self._run(
-            lambda db: db.execute("UPDATE decisions SET outcome = 'interrupted' WHERE outcome = 'forwarding'").rowcount
+            lambda db: db.execute(
+                "UPDATE decisions SET outcome = 'interrupted', answered_by = '' WHERE outcome = 'forwarding'"
+            ).rowcount
         )
 
     def record_feedback(
