@@ -28,8 +28,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import tomllib
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -45,6 +47,8 @@ TEAM_B_KEY = "team-b-key"
 ADMIN_KEY = "admin-key"
 MODELS = ["gemini-1.5-flash", "gemini-1.5-pro", "gpt-4o", "llama-3.1-8b-instruct"]
 SLOW_SECONDS = 3.0
+BODY_TIMEOUT = 1.0
+"""The body timeout of the trust and fault tests' server (``hardened`` in conftest)."""
 
 
 def free_port() -> int:
@@ -182,6 +186,7 @@ class ServerProcess:
     def __init__(self, config: Path, home: Path, tracking_uri: str, env: dict[str, str] | None = None) -> None:
         self.config, self.home, self.tracking_uri = config, home, tracking_uri
         self.env = env or {}
+        self.log = Path(tomllib.loads(config.read_text(encoding="utf-8"))["log"]["path"])
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -248,8 +253,7 @@ def running(config: Path, home: Path, tracking_uri: str) -> Iterator[ServerProce
 
 def decision_row(server: ServerProcess, decision_id: str) -> dict[str, object]:
     """A decision's row in the service's log, read beside the running service (WAL lets a reader in)."""
-    path = server.home / "serve" / "decisions.sqlite"
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{server.log}?mode=ro", uri=True)) as db:
         db.row_factory = sqlite3.Row
         found = db.execute(
             "SELECT d.*, f.quality, f.cost_usd AS client_cost_usd FROM decisions d"
@@ -262,3 +266,30 @@ def decision_row(server: ServerProcess, decision_id: str) -> dict[str, object]:
 
 def client(server: ServerProcess, key: str = API_KEY) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {key}"}, timeout=30.0)
+
+
+@contextmanager
+def serving_champion(home: Path, artifact: PolicyArtifact, upstream: str, **options: Any) -> Iterator[ServerProcess]:
+    """``artifact`` as the champion of a fresh store under ``home``, served with every catalog model on the fake
+    upstream answering ``ok``; ``options`` go to :func:`write_config`."""
+    uri, _ = champion(home, artifact)
+    config = write_config(
+        home / "serve.toml", home=home, upstream=upstream, models=dict.fromkeys(MODELS, "ok"), **options
+    )
+    with running(config, home, uri) as server:
+        yield server
+
+
+def mount_tmpfs(where: Path, *options: str) -> bool:
+    """Mount a 4 MiB tmpfs at ``where`` (a small real disk to fill, or to mount read-only); False where not allowed."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(("size=4m", *options)), "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def unmount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], check=False)

@@ -81,6 +81,9 @@ def test_every_endpoint_but_healthz_needs_a_bearer_key(stack: tuple[ServerProces
             r = httpx.request(method, f"{server.url}{path}", json=body, headers=headers)
             assert r.status_code == 401, (path, headers, r.status_code)
             assert API_KEY not in r.text and "other-key" not in r.text
+    # the spec and the interactive docs are off by default, whatever the key
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{server.url}{path}", headers={"authorization": f"Bearer {ADMIN_KEY}"}).status_code == 404
     # the second configured key works too
     r = httpx.post(f"{server.url}/v1/route", json={"prompt": "hi"}, headers={"authorization": "Bearer other-key"})
     assert r.status_code == 200

@@ -20,30 +20,22 @@ from hypothesis import HealthCheck, given, settings
 from openai import OpenAI
 from schemathesis.checks import not_a_server_error
 
-from router_ml.artifacts import PolicyArtifact
 from router_ml.catalog import Catalog
 from tests.servekit import (
     ADMIN_KEY,
     API_KEY,
+    BODY_TIMEOUT,
     TEAM_B_KEY,
     FakeUpstream,
     ServerProcess,
     client,
     decision_row,
-    serving_champion,
 )
 
-BODY_TIMEOUT = 1.0
 
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, policy_artifact: PolicyArtifact, upstream: FakeUpstream
-) -> Iterator[ServerProcess]:
-    home = tmp_path_factory.mktemp("trust-home")
-    server = f"body_timeout_seconds = {BODY_TIMEOUT}\nopenapi = true"
-    with serving_champion(home, policy_artifact, upstream.url, server=server) as process:
-        yield process
+@pytest.fixture
+def server(hardened: ServerProcess) -> ServerProcess:
+    return hardened
 
 
 @pytest.fixture
