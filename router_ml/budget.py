@@ -96,3 +96,50 @@ class DualLambda:
             gradient = min((cost_usd * 1000.0 - self.target_usd_per_1k) / self.target_usd_per_1k, MAX_GRADIENT)
             self.mu = max(0.0, self.mu + self.step * gradient)
             return self.mu
+
+
+@dataclass
+class QualityFloor:
+    """Keep the router within ``tolerance`` of the reference model's quality, as the live savings estimate sees it.
+
+    A factor ``rho`` in ``[min_factor, 1]`` multiplies the cost weight of every router decision. After every
+    ``every`` new graded decisions (and not before ``min_graded``), it is checked against the running doubly robust
+    estimate of *router minus reference* quality (:class:`router_ml.savings.LiveSavings`):
+
+    * the interval's upper bound below ``-tolerance`` (the router is worse by more than the tolerance, with
+      confidence): ``rho <- max(min_factor, rho * (1 - step))``, so decisions move toward quality;
+    * its lower bound above ``-tolerance`` (the floor holds with confidence): ``rho <- min(1, rho / (1 - step))``.
+
+    Thread-safe. With a budget too, the effective weight is ``rho * (lam + mu)``: the floor scales the budget's
+    weight, so while the floor is breached it wins over the budget.
+    """
+
+    tolerance: float
+    step: float = 0.2
+    min_graded: int = 200
+    every: int = 50
+    min_factor: float = 0.01
+    factor: float = 1.0
+    _checked_at: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ValueError(f"quality floor: 'tolerance' must be a number >= 0, got {self.tolerance}")
+        if not 0 < self.step < 1 or not 0 < self.min_factor <= 1:
+            raise ValueError("quality floor: 'step' must lie in (0, 1) and 'min_factor' in (0, 1]")
+        if self.min_graded < 2 or self.every < 1:
+            raise ValueError("quality floor: 'min_graded' must be >= 2 and 'every' >= 1")
+
+    def check(self, graded: int, diff_low: float, diff_high: float) -> float:
+        """Take the estimate after ``graded`` graded decisions (``[diff_low, diff_high]``: the interval of router
+        minus reference quality); returns the factor."""
+        with self._lock:
+            if graded < self.min_graded or graded - self._checked_at < self.every:
+                return self.factor
+            self._checked_at = graded
+            if diff_high < -self.tolerance:
+                self.factor = max(self.min_factor, self.factor * (1 - self.step))
+            elif diff_low > -self.tolerance:
+                self.factor = min(1.0, self.factor / (1 - self.step))
+            return self.factor

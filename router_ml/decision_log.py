@@ -6,22 +6,33 @@ being killed at any instant (it is in the WAL file before ``commit`` returns). W
 (the default) it also survives power loss, at one fsync per commit; ``normal`` drops that fsync.
 
 Every decision row is what the policy knew when it chose: the prompt, the offered candidates, the
-sampled model and the probability it was sampled with. :meth:`DecisionLog.export` turns decisions
-and feedback into the logged-traffic table (:mod:`router_ml.contracts`) that ``router-ml train`` reads.
+sampled model and the probability it was sampled with, and the tenant whose key asked. A forwarded call
+(chat completions) also records its ``outcome`` (``forwarding`` until it ends, then ``answered``, ``cut``:
+the upstream broke off after the first byte, ``disconnected``: the client left, ``failed``: no upstream
+answered, or ``interrupted``: the service stopped mid-call) with the model that answered and what it cost.
+
+Whose cost counts: the cost the service metered for a call it forwarded; a client-reported cost (the
+feedback's ``cost_usd``) only for a route-only decision, within the bound the caller passes, and kept apart
+in the ``feedback`` table. A write the disk refuses (full, read-only, locked past the busy timeout, I/O)
+raises :class:`LogUnavailable` and sets :attr:`DecisionLog.fault` until a write succeeds again.
+
+:meth:`DecisionLog.export` turns decisions and feedback into the logged-traffic table (:mod:`router_ml.contracts`)
+that ``router-ml train`` reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import polars as pl
 
@@ -29,6 +40,10 @@ from router_ml.atomic import atomic_write_with
 from router_ml.contracts import validate_logs
 
 Durability = Literal["full", "normal"]
+Outcome = Literal["answered", "cut", "disconnected", "failed"]
+CostBound = Callable[[str, str], float]
+"""``(model, prompt) -> USD``: the most a call of ``model`` on ``prompt`` can cost."""
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,7 +63,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     answered_by TEXT,
     cost_usd REAL,
     input_tokens INTEGER,
-    output_tokens INTEGER
+    output_tokens INTEGER,
+    outcome TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,6 +84,18 @@ class DuplicateFeedback(ValueError):
     """The decision already has its feedback; a decision is graded once."""
 
 
+class AnswerInFlight(ValueError):
+    """The decision's forwarded call has not ended yet, so its metered cost is not known."""
+
+
+class ClientCostRefused(ValueError):
+    """A client-reported cost is not accepted for this decision; the message names ``cost_usd`` and why."""
+
+
+class LogUnavailable(RuntimeError):
+    """The log cannot be written or read now (disk full, read-only, locked, I/O error)."""
+
+
 @dataclass(frozen=True)
 class DecisionRecord:
     """One routing decision as logged."""
@@ -83,14 +111,15 @@ class DecisionRecord:
     lam: float
     policy_version: str
     est_cost_usd: float
+    forwarded: bool = False
 
 
 @dataclass(frozen=True)
 class GradedDecision:
     """A decision joined with its feedback: what the online learner learns from.
 
-    ``cost_usd`` is the feedback's cost, else the upstream's metered cost, else the estimate made at
-    decision time. ``answered_by`` differs from ``model`` when a fallback answered; such outcomes are
+    ``cost_usd`` is the upstream's metered cost, else the feedback's (client-reported) cost, else the
+    estimate made at decision time. ``answered_by`` differs from ``model`` when a fallback answered; such outcomes are
     not the sampled model's and are not learned from.
     """
 
@@ -120,32 +149,61 @@ def new_decision_id() -> str:
 class DecisionLog:
     """Decisions and feedback in one SQLite file. Thread-safe: one connection behind a lock."""
 
-    def __init__(self, path: str | Path, durability: Durability = "full") -> None:
+    def __init__(self, path: str | Path, durability: Durability = "full", *, busy_timeout: float = 5.0) -> None:
         if durability not in ("full", "normal"):
             raise ValueError(f"decision log: 'durability' must be 'full' or 'normal', got {durability!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fault: str | None = None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={durability.upper()}")
-        self._db.executescript(_SCHEMA)
-        with self._lock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={durability.upper()}")
+            self._db.executescript(_SCHEMA)
+            if "outcome" not in {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}:
+                self._db.execute("ALTER TABLE decisions ADD COLUMN outcome TEXT")  # a log from before outcomes
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
             self.log_id: str = self._db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0]
+        except (OSError, sqlite3.Error) as exc:
+            raise LogUnavailable(f"decision log {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection (every write is already committed)."""
         with self._lock:
             self._db.close()
 
+    def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """Run ``work`` under the lock, in one transaction if it writes; disk faults raise :class:`LogUnavailable`."""
+        with self._lock:
+            try:
+                if not write:
+                    result = work(self._db)
+                else:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = work(self._db)
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        if self._db.in_transaction:  # SQLite has already rolled back after some errors
+                            with contextlib.suppress(sqlite3.Error):
+                                self._db.execute("ROLLBACK")
+                        raise
+            except sqlite3.OperationalError as exc:
+                self.fault = str(exc)
+                raise LogUnavailable(f"decision log unavailable: {exc}") from exc
+            if write:
+                self.fault = None
+            return result
+
     # -- writes ---------------------------------------------------------------------------------
     def record_decision(self, d: DecisionRecord) -> None:
         """Commit one decision; returns once it is durable."""
-        with self._lock:
-            self._db.execute(
+        self._run(
+            lambda db: db.execute(
                 "INSERT INTO decisions (decision_id, created_at, tenant, prompt, model, propensity, candidates,"
-                " distribution, lam, policy_version, est_cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " distribution, lam, policy_version, est_cost_usd, outcome)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     d.decision_id,
                     d.created_at,
@@ -158,79 +216,139 @@ class DecisionLog:
                     d.lam,
                     d.policy_version,
                     d.est_cost_usd,
+                    "forwarding" if d.forwarded else None,
                 ),
             )
+        )
 
     def record_usage(
-        self, decision_id: str, answered_by: str, cost_usd: float, input_tokens: int, output_tokens: int
+        self,
+        decision_id: str,
+        answered_by: str,
+        cost_usd: float,
+        input_tokens: int,
+        output_tokens: int,
+        outcome: Outcome = "answered",
     ) -> None:
-        """Commit what an upstream call metered: the model that answered, its tokens and cost."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE decisions SET answered_by = ?, cost_usd = ?, input_tokens = ?, output_tokens = ?"
+        """Commit how a forwarded call ended: the model that answered (``""``: none), its tokens and cost."""
+        self._run(
+            lambda db: db.execute(
+                "UPDATE decisions SET answered_by = ?, cost_usd = ?, input_tokens = ?, output_tokens = ?, outcome = ?"
                 " WHERE decision_id = ?",
-                (answered_by, cost_usd, input_tokens, output_tokens, decision_id),
+                (answered_by, cost_usd, input_tokens, output_tokens, outcome, decision_id),
             )
+        )
 
-    def record_feedback(self, decision_id: str, quality: float, cost_usd: float | None = None) -> GradedDecision:
+    def interrupted(self) -> int:
+        """Mark the calls still ``forwarding`` as ``interrupted`` (at start-up: the service stopped mid-call). No model
+        is recorded as having answered them, so their grades are kept but not learned from."""
+        return self._run(
+            lambda db: db.execute(
+                "UPDATE decisions SET outcome = 'interrupted', answered_by = '' WHERE outcome = 'forwarding'"
+            ).rowcount
+        )
+
+    def record_feedback(
+        self,
+        decision_id: str,
+        quality: float,
+        cost_usd: float | None = None,
+        *,
+        tenant: str | None = None,
+        cost_bound: CostBound | None = None,
+    ) -> GradedDecision:
         """Commit the feedback of one decision and return the decision joined with it.
 
-        Raises :class:`UnknownDecision` or :class:`DuplicateFeedback`; neither writes anything.
+        With ``tenant``, a decision of another tenant is unknown. A ``cost_usd`` is refused for a forwarded
+        call (its metered cost counts) and above ``cost_bound(model, prompt)``. Raises :class:`UnknownDecision`,
+        :class:`DuplicateFeedback`, :class:`AnswerInFlight` or :class:`ClientCostRefused`; none writes anything.
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+
+        def work(db: sqlite3.Connection) -> Sequence[Any]:
+            found = db.execute(
+                "SELECT tenant, outcome, model, prompt FROM decisions WHERE decision_id = ?", (decision_id,)
+            ).fetchone()
+            if found is None or (tenant is not None and found[0] != tenant):
+                raise UnknownDecision(f"no decision with id '{decision_id}'")
+            outcome, model, prompt = found[1:]
+            if outcome == "forwarding":
+                raise AnswerInFlight(f"decision '{decision_id}' is still being answered; grade it when the answer ends")
+            if cost_usd is not None and outcome is not None:
+                raise ClientCostRefused(
+                    "'cost_usd': the service forwarded this call and metered its cost; send the grade without cost_usd"
+                )
+            if cost_usd is not None and cost_bound is not None and cost_usd > (bound := cost_bound(model, prompt)):
+                raise ClientCostRefused(
+                    f"'cost_usd': {cost_usd} USD is more than '{model}' can cost for this prompt (at most {bound:.6g})"
+                )
             try:
-                if self._db.execute("SELECT 1 FROM decisions WHERE decision_id = ?", (decision_id,)).fetchone() is None:
-                    raise UnknownDecision(f"no decision with id '{decision_id}'")
-                try:
-                    self._db.execute(
-                        "INSERT INTO feedback (decision_id, received_at, quality, cost_usd) VALUES (?, ?, ?, ?)",
-                        (decision_id, time.time(), quality, cost_usd),
-                    )
-                except sqlite3.IntegrityError as exc:
-                    raise DuplicateFeedback(f"decision '{decision_id}' already has feedback") from exc
-                row = self._db.execute(_GRADED + " WHERE f.decision_id = ?", (decision_id,)).fetchone()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return _graded(row)
+                db.execute(
+                    "INSERT INTO feedback (decision_id, received_at, quality, cost_usd) VALUES (?, ?, ?, ?)",
+                    (decision_id, time.time(), quality, cost_usd),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateFeedback(f"decision '{decision_id}' already has feedback") from exc
+            row: Sequence[Any] = db.execute(_GRADED + " WHERE f.decision_id = ?", (decision_id,)).fetchone()
+            return row
+
+        return _graded(self._run(work))
 
     def mark(self, key: str) -> int:
         """The feedback sequence number stored under ``key``, storing the current one the first time."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES (?, (SELECT coalesce(max(seq), 0) FROM feedback))", (key,)
-            )
-            return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+        def work(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR IGNORE INTO meta VALUES (?, (SELECT coalesce(max(seq), 0) FROM feedback))", (key,))
+            return int(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+        return self._run(work)
+
+    def probe(self) -> str | None:
+        """Try a small write now: None when the log takes writes, else the fault (for a readiness check)."""
+        with contextlib.suppress(LogUnavailable):
+            self._run(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (str(time.time()),)))
+        return self.fault
 
     # -- reads ----------------------------------------------------------------------------------
     def graded_since(self, seq: int) -> Iterator[GradedDecision]:
         """Feedback committed after feedback sequence number ``seq``, in commit order (for catching up)."""
-        with self._lock:
-            rows = self._db.execute(_GRADED + " WHERE f.seq > ? ORDER BY f.seq", (seq,)).fetchall()
+        rows = self._run(
+            lambda db: db.execute(_GRADED + " WHERE f.seq > ? ORDER BY f.seq", (seq,)).fetchall(), write=False
+        )
         return (_graded(r) for r in rows)
 
     def counts(self) -> dict[str, int]:
         """Numbers of decisions and of feedback rows."""
-        with self._lock:
-            n_dec = self._db.execute("SELECT count(*) FROM decisions").fetchone()[0]
-            n_fb = self._db.execute("SELECT count(*) FROM feedback").fetchone()[0]
-        return {"decisions": int(n_dec), "feedback": int(n_fb)}
+
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            n_dec = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+            n_fb = db.execute("SELECT count(*) FROM feedback").fetchone()[0]
+            return {"decisions": int(n_dec), "feedback": int(n_fb)}
+
+        return self._run(work, write=False)
 
     def last_feedback_seq(self) -> int:
         """The sequence number of the newest feedback (0 when none)."""
-        with self._lock:
-            return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM feedback").fetchone()[0])
+        return self._run(
+            lambda db: int(db.execute("SELECT coalesce(max(seq), 0) FROM feedback").fetchone()[0]), write=False
+        )
 
-    def spend(self, by: Literal["model", "tenant"]) -> dict[str, float]:
-        """Metered spend in USD (feedback cost, else upstream cost, else the decision-time estimate)."""
-        column = "coalesce(nullif(d.answered_by, ''), d.model)" if by == "model" else "coalesce(d.tenant, '')"
-        with self._lock:
-            rows = self._db.execute(
+    def spend(self, by: Literal["model", "tenant", "source"], tenant: str | None = None) -> dict[str, float]:
+        """Spend in USD per model, tenant or cost source (``metered``, ``client``, ``estimate``), optionally of one
+        tenant: the metered cost, else the client-reported one, else the decision-time estimate."""
+        column = {
+            "model": "coalesce(nullif(d.answered_by, ''), d.model)",
+            "tenant": "coalesce(d.tenant, '')",
+            "source": _SOURCE,
+        }[by]
+        where, args = (" WHERE d.tenant = ?", (tenant,)) if tenant is not None else ("", ())
+        rows = self._run(
+            lambda db: db.execute(
                 f"SELECT {column}, sum({_COST}) FROM decisions d LEFT JOIN feedback f USING (decision_id)"
-                f" GROUP BY 1 ORDER BY 1"
-            ).fetchall()
+                f"{where} GROUP BY 1 ORDER BY 1",
+                args,
+            ).fetchall(),
+            write=False,
+        )
         return {str(k): float(v) for k, v in rows}
 
     def to_frame(self, *, include_fallback: bool = False) -> pl.DataFrame:
@@ -240,12 +358,14 @@ class DecisionLog:
         sampled model's.
         """
         where = "" if include_fallback else " WHERE d.answered_by IS NULL OR d.answered_by = d.model"
-        with self._lock:
-            rows = self._db.execute(
+        rows = self._run(
+            lambda db: db.execute(
                 "SELECT d.decision_id, d.created_at, d.prompt, d.model, d.candidates, d.propensity, f.quality,"
                 f" {_COST}, d.policy_version, d.tenant, d.lam, d.answered_by"
                 " FROM decisions d LEFT JOIN feedback f USING (decision_id)" + where + " ORDER BY d.seq"
-            ).fetchall()
+            ).fetchall(),
+            write=False,
+        )
         cols: list[tuple[Any, ...]] = list(zip(*rows)) if rows else [() for _ in range(12)]
         frame = pl.DataFrame(
             {
@@ -272,7 +392,10 @@ class DecisionLog:
         return frame
 
 
-_COST = "coalesce(f.cost_usd, d.cost_usd, d.est_cost_usd)"
+_COST = "coalesce(d.cost_usd, f.cost_usd, d.est_cost_usd)"
+_SOURCE = (
+    "CASE WHEN d.cost_usd IS NOT NULL THEN 'metered' WHEN f.cost_usd IS NOT NULL THEN 'client' ELSE 'estimate' END"
+)
 _GRADED = (
     "SELECT f.seq, d.decision_id, d.prompt, d.model, d.propensity, d.candidates, f.quality,"
     f" {_COST}, d.answered_by, d.created_at, f.received_at"

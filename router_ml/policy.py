@@ -21,6 +21,7 @@ features.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, cast
@@ -29,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import vowpal_wabbit_next as vw
 
+from router_ml.bounded import ByteLRU
 from router_ml.budget import retarget, score_gaps
 from router_ml.catalog import Catalog
 from router_ml.cost_model import CostModel
@@ -41,7 +43,23 @@ Floats = Sequence[float] | npt.NDArray[np.float64]
 Probs = npt.NDArray[np.float64]
 _NO_LABEL = vw.CBLabel()
 _SHARED = vw.CBLabel(shared=True)
-_SHARED_CACHE_SIZE = 1 << 15
+SHARED_CACHE_BYTES = 256 << 20
+"""Bound of a policy's cache of VW shared examples (:attr:`Policy.shared_cache`): about 8,700 examples, each held at
+~30 KB however few features it has (measured, vowpal-wabbit-next 0.7), so the online loop builds each prompt's once."""
+_VW_EXAMPLE_BYTES = 30 << 10
+CANDIDATE_CACHE_BYTES = 4 << 20
+"""Bound of each per-candidate-list cache (offered actions, their VW examples): clients may send any list."""
+
+
+def _list_bytes(key: tuple[Any, ...] | None, value: list[Any]) -> int:
+    """A candidate-list cache entry: the key tuple and its strings, and the list (its items are shared)."""
+    strings = sum(sys.getsizeof(k) for k in key or () if isinstance(k, str))
+    return sys.getsizeof(key) + strings + sys.getsizeof(value)
+
+
+def _shared_bytes(key: int, value: tuple[Context, Any]) -> int:
+    """A shared-example cache entry: the VW example, and the context's feature arrays (held twice)."""
+    return _VW_EXAMPLE_BYTES + 2 * sum(idx.nbytes + val.nbytes for idx, val in value[0].values())
 
 
 def _action_probs(prediction: object) -> list[tuple[int, float]]:
@@ -173,11 +191,12 @@ class Policy:
         # (shared features are merged in and taken out again), and only their labels are reset.
         self._action_examples = [self._example(a, _NO_LABEL) for a in self._actions]
         self.updates = 0
-        self._offered: dict[tuple[str, ...] | None, list[int]] = {}
-        self._cores: dict[tuple[int, ...], list[Any]] = {}
+        self._offered: ByteLRU[tuple[str, ...] | None, list[int]] = ByteLRU(CANDIDATE_CACHE_BYTES, _list_bytes)
+        self._cores: ByteLRU[tuple[int, ...], list[Any]] = ByteLRU(CANDIDATE_CACHE_BYTES, _list_bytes)
         # VW shared examples by context object: the online loop serves each prompt about 12 times, and
-        # decide then learn on one context reuse one example. Bounded; the context is kept so its id stays unique.
-        self._shared_cache: dict[int, tuple[Context, Any]] = {}
+        # decide then learn on one context reuse one example. The context is kept so its id stays unique.
+        # A caller that never reuses a context (the service) sets its max_bytes to 0.
+        self.shared_cache: ByteLRU[int, tuple[Context, Any]] = ByteLRU(SHARED_CACHE_BYTES, _shared_bytes)
 
     # -- examples -------------------------------------------------------------------------------
     @staticmethod
@@ -197,15 +216,16 @@ class Policy:
         go to vw-next's core directly: its Python wrapper re-checks the label type of all 32 examples on
         every call, which cost more than VW's own work here (vowpal-wabbit-next is pinned for this reason).
         """
-        cached = self._shared_cache.get(id(shared))
+        cached = self.shared_cache.get(id(shared))
         if cached is None or cached[0] is not shared:
-            if len(self._shared_cache) >= _SHARED_CACHE_SIZE:
-                self._shared_cache.clear()
-            cached = self._shared_cache[id(shared)] = (shared, self._example(shared, _SHARED)._example)
+            cached = (shared, self._example(shared, _SHARED)._example)
+            self.shared_cache.put(id(shared), cached)
         key = tuple(actions)
-        if key not in self._cores:
-            self._cores[key] = [self._action_examples[a]._example for a in actions]
-        cores = [cached[1], *self._cores[key]]
+        offered = self._cores.get(key)
+        if offered is None:
+            offered = [self._action_examples[a]._example for a in actions]
+            self._cores.put(key, offered)
+        cores = [cached[1], *offered]
         if learn is None:
             return _action_probs(self._ws._workspace.predict_multi_ex_one(cores))
         pos, vw_cost, propensity = learn
@@ -218,15 +238,17 @@ class Policy:
 
     def _candidate_indices(self, candidates: Sequence[str] | None) -> list[int]:
         key = tuple(candidates) if candidates is not None else None
-        if key not in self._offered:
+        found = self._offered.get(key)
+        if found is None:
             if key is None:
-                self._offered[key] = list(range(len(self.catalog)))
+                found = list(range(len(self.catalog)))
             elif not key:
                 raise ValueError("policy: 'candidates' must name at least one model")
             else:
                 self.catalog.require(key, "policy: 'candidates'")
-                self._offered[key] = [self.catalog.index(c) for c in dict.fromkeys(key)]
-        return self._offered[key]
+                found = [self.catalog.index(c) for c in dict.fromkeys(key)]
+            self._offered.put(key, found)
+        return found
 
     def _learned(self, context: Context, actions: list[int]) -> npt.NDArray[np.float64]:
         """VW's own distribution (SquareCB over what it learned) in catalog order, 0 outside ``actions``."""

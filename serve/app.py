@@ -1,26 +1,33 @@
-"""The HTTP service: route, feedback, OpenAI-compatible chat completions, health and metrics.
+"""The HTTP service: route, feedback, OpenAI-compatible chat completions, spend, health, readiness and metrics.
 
 One prompt's path: ``POST /v1/route`` (or ``/v1/chat/completions``) embeds the prompt on a worker
 thread, :class:`~serve.learner.OnlineLearner` samples a model on the policy thread, the decision is
 committed to the :class:`~router_ml.decision_log.DecisionLog`, and only then does the answer go out.
 ``POST /v1/feedback`` commits the grade and queues the update on the policy thread; the learner
 snapshots the policy to MLflow every N updates or T seconds.
+
+Trust (:mod:`serve.auth`): a key's tenant is the request's tenant; a decision is graded only with a key of
+its tenant (any other gets the same 404 as an unknown id); the cost the service metered for a call it
+forwarded is the cost it learns from and bills, and a client-reported ``cost_usd`` is taken only for a
+route-only decision, up to what the model can cost on that prompt. No client or upstream input gets a
+5xx: bad input is a 4xx naming the field, a broken upstream a fallback (before the first byte) or a cut
+stream with an error event (after it); a decision log that cannot be written is a 503 and ``/readyz`` says
+not ready until a write succeeds again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
-import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -28,25 +35,41 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router_ml.budget import DualLambda
 from router_ml.cost_model import estimate_tokens
-from router_ml.decision_log import DecisionLog, DecisionRecord, DuplicateFeedback, UnknownDecision, new_decision_id
+from router_ml.decision_log import (
+    AnswerInFlight,
+    ClientCostRefused,
+    DecisionLog,
+    DecisionRecord,
+    DuplicateFeedback,
+    LogUnavailable,
+    Outcome,
+    UnknownDecision,
+    new_decision_id,
+)
 from router_ml.registry import PolicyRegistry
 from router_ml.router import Router
-from serve.config import ConfigError, ServeConfig, ServerConfig
+from serve.auth import Keys, Principal
+from serve.config import ConfigError, ServeConfig
 from serve.learner import OnlineLearner, resolve_start
 from serve.metrics import Metrics
-from serve.upstream import ClientError, Forwarder, UpstreamFailed, Usage, resolve_upstreams
+from serve.upstream import ClientError, Forwarder, Relay, UpstreamFailed, Usage, resolve_upstreams
 
 log = logging.getLogger("router_ml.serve")
 
 MAX_PROMPT_CHARS = 200_000
+MAX_LAMBDA = 1e6
 ROUTER_MODEL = "router"
 _BEARER = HTTPBearer(auto_error=False)  # module level: FastAPI resolves the (string) annotations in this namespace
 Text = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class StartupError(ValueError):
+    """The service cannot start; the message is one line saying what failed."""
 
 
 # -- request and response bodies ----------------------------------------------------------------
@@ -56,8 +79,8 @@ class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     candidates: list[Text] | None = Field(default=None, min_length=1, max_length=1000)
-    lam: float | None = Field(default=None, alias="lambda", ge=0, le=1e6, allow_inf_nan=False)
-    tenant: Text | None = None
+    lam: float | None = Field(default=None, alias="lambda", ge=0, le=MAX_LAMBDA, allow_inf_nan=False)
+    tenant: Text | None = Field(default=None, description="the key's own tenant, or omitted")
 
     @field_validator("prompt")
     @classmethod
@@ -80,7 +103,7 @@ class RouteResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """The grade of one decision's answer (and optionally what it cost)."""
+    """The grade of one decision's answer, and for a route-only decision optionally what the call cost."""
 
     model_config = ConfigDict(extra="forbid")
     decision_id: Text
@@ -105,9 +128,45 @@ class ChatRequest(BaseModel):
     model: Text
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     stream: bool = False
-    router_lambda: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
+    router_lambda: float | None = Field(default=None, ge=0, le=MAX_LAMBDA, allow_inf_nan=False)
     router_candidates: list[Text] | None = Field(default=None, min_length=1, max_length=1000)
     user: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _forwardable(cls, data: Any) -> Any:
+        """Everything here is forwarded as JSON: every string valid Unicode, every number finite."""
+        found = unforwardable(data)
+        if found is not None:
+            path = found[0].encode("utf-8", "backslashreplace").decode()  # the path may hold the surrogate itself
+            raise ValueError(f"'{path[:200]}' {found[1]}")
+        return data
+
+    def include_usage(self) -> bool:
+        """Did the client ask for the usage chunk of a stream (``stream_options.include_usage``)?"""
+        options = (self.model_extra or {}).get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def unforwardable(value: Any) -> tuple[str, str] | None:
+    """The path (``messages.0.content``) of the first string in ``value`` that is not valid Unicode (a lone
+    surrogate) or number that is not finite, and what is wrong with it; None when all is well."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return path, "is not valid Unicode text (it holds a lone surrogate)"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return path, "must be a finite number"
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                stack += [(f"{path}.{key}".lstrip("."), key), (f"{path}.{key}".lstrip("."), inner)]
+        elif isinstance(item, list):
+            stack += [(f"{path}.{i}".lstrip("."), inner) for i, inner in enumerate(item)]
+    return None
 
 
 def conversation_text(messages: list[ChatMessage]) -> str:
@@ -133,7 +192,7 @@ class Service:
     forwarder: Forwarder
     metrics: Metrics
     budget: DualLambda | None
-    api_keys: tuple[str, ...]
+    keys: Keys
 
     @property
     def router(self) -> Router:
@@ -144,8 +203,16 @@ class Service:
         lam = self.router.policy.config.lam if requested is None else requested
         return lam + (self.budget.mu if self.budget is not None else 0.0)
 
+    def cost_bound(self, model: str, prompt: str) -> float:
+        """The most one call of ``model`` on ``prompt`` can cost: its catalog prices for as many input tokens as the
+        prompt has UTF-8 bytes (no tokenizer makes more) and ``learning.max_completion_tokens`` output tokens."""
+        catalog = self.router.policy.catalog
+        if model not in catalog:
+            return 0.0
+        return catalog.spec(model).cost_usd(len(prompt.encode()), self.config.learning.max_completion_tokens)
+
     async def decide(
-        self, prompt: str, candidates: list[str] | None, lam: float | None, tenant: str | None
+        self, prompt: str, candidates: list[str] | None, lam: float | None, tenant: str, *, forwarded: bool = False
     ) -> DecisionRecord:
         """Embed, decide on the policy thread, commit the decision; returns the logged record."""
         router = self.router
@@ -174,25 +241,33 @@ class Service:
             lam=effective,
             policy_version=version,
             est_cost_usd=float(est),
+            forwarded=forwarded,
         )
         await run_in_threadpool(self.log.record_decision, record)
-        self.metrics.choices.labels(decision.model).inc()
+        self.metrics.choices.labels(self.metrics.model(decision.model)).inc()
         self.metrics.lam.set(effective)
         return record
 
-    async def metered(self, record: DecisionRecord, answered_by: str, usage: Usage) -> float:
-        """Commit what an upstream call used and cost; feed spend, budget and length estimates."""
+    async def metered(self, record: DecisionRecord, answered_by: str, usage: Usage, outcome: Outcome) -> float:
+        """Commit how a forwarded call ended and what it cost; feed spend, budget and length estimates."""
         cost = self.router.policy.catalog.spec(answered_by).cost_usd(usage.input_tokens, usage.output_tokens)
         await run_in_threadpool(
-            self.log.record_usage, record.decision_id, answered_by, cost, usage.input_tokens, usage.output_tokens
+            self.log.record_usage,
+            record.decision_id,
+            answered_by,
+            cost,
+            usage.input_tokens,
+            usage.output_tokens,
+            outcome,
         )
         self.spent(answered_by, record.tenant, cost)
-        await self.learner.observe_usage(answered_by, usage.output_tokens)
+        if outcome == "answered":
+            await self.learner.observe_usage(answered_by, usage.output_tokens)
         return cost
 
     def spent(self, model: str, tenant: str | None, cost: float) -> None:
         """Count a cost in the metrics and the budget."""
-        self.metrics.spend.labels(model, tenant or "").inc(cost)
+        self.metrics.spend.labels(self.metrics.model(model), self.metrics.tenant(tenant)).inc(cost)
         if self.budget is not None:
             self.budget.observe(cost)
 
@@ -202,26 +277,35 @@ class Service:
         self.log.close()
 
 
-def api_keys(server: ServerConfig) -> tuple[str, ...]:
-    """The bearer keys from ``$<api_keys_env>`` (comma-separated); refuses to start without one."""
-    keys = tuple(k.strip() for k in os.environ.get(server.api_keys_env, "").split(",") if k.strip())
-    if not keys:
-        raise ConfigError(f"serve: set at least one bearer API key in ${server.api_keys_env} (comma-separated)")
-    return keys
+@contextlib.contextmanager
+def _starting(step: str) -> Iterator[None]:
+    """Turn any failure of a start-up step into one line naming the step (configuration errors pass as they are)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StartupError(f"serve: cannot start: {step}: {detail}") from exc
 
 
 def build_service(config: ServeConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> Service:
     """Load the policy (catching up on the log), connect the log and the upstreams."""
-    keys = api_keys(config.server)
-    registry = PolicyRegistry(config.policy.tracking_uri or None)
-    decision_log = DecisionLog(config.log.resolved_path(), config.log.durability)
-    loaded = resolve_start(registry, config.policy.ref, decision_log)
-    router = Router.from_artifact(loaded.artifact, version=loaded.version)
+    keys = Keys(config)
+    path = config.log.resolved_path()
+    with _starting(f"decision log {path}"):
+        decision_log = DecisionLog(path, config.log.durability, busy_timeout=config.log.busy_timeout_seconds)
+        decision_log.interrupted()
     ref = config.policy.ref
+    with _starting(f"policy '{ref}'"):
+        registry = PolicyRegistry(config.policy.tracking_uri or None)
+        loaded = resolve_start(registry, ref, decision_log)
+        router = Router.from_artifact(loaded.artifact, version=loaded.version)
     alias = None if Path(ref).is_dir() or ref.isdigit() else ref
-    metrics = Metrics()
+    metrics = Metrics(tenants=keys.tenants, models=router.policy.catalog.names)
     learner = OnlineLearner(loaded, router, decision_log, registry, config.learning, metrics, alias=alias)
-    caught_up = learner.start(loaded)
+    with _starting("replaying the decision log"):
+        caught_up = learner.start(loaded)
     if caught_up:
         log.info("learned %d feedback rows committed after version %s", caught_up, loaded.version)
     forwarder = Forwarder(
@@ -233,11 +317,13 @@ def build_service(config: ServeConfig, *, transport: httpx.AsyncBaseTransport | 
 
 
 # -- middleware ---------------------------------------------------------------------------------
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, whether or not they declare their length."""
+class BodyReader:
+    """Read each request body whole before the app sees it: over ``max_bytes`` is a 413 (declared or not),
+    not arrived within ``timeout`` seconds a 408 (a client that declares more than it sends cannot hold a
+    request open)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -245,24 +331,116 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
-            await response(scope, receive, send)
+            await _refuse(413, f"request body over {self.max_bytes} bytes", scope, receive, send)
             return
-        seen = 0
+        body, deadline = b"", time.monotonic() + self.timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                await _refuse(408, f"request body not received within {self.timeout:g} s", scope, receive, send)
+                return
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await _refuse(413, f"request body over {self.max_bytes} bytes", scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        delivered = False
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, f"request body over {self.max_bytes} bytes")
-            return message
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # after the body: only a disconnect is left to hear
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, limited, send)
+        await self.app(scope, replay, send)
 
 
-def _openai_error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+async def _refuse(status: int, message: str, scope: Scope, receive: Receive, send: Send) -> None:
+    response = JSONResponse({"detail": message}, status_code=status, headers={"connection": "close"})
+    await response(scope, receive, send)
+
+
+class Measure:
+    """Count requests and their latency by endpoint (a fixed set of paths) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            path = scope["path"] if scope["path"] in _PATHS else "other"
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(path, str(status)).inc()
+
+
+class RelayResponse(StreamingResponse):
+    """A relayed stream; however it ends (``[DONE]``, cut, the client gone, never started), the upstream is
+    closed and ``finished`` runs, shielded from the cancellation a client disconnect brings."""
+
+    def __init__(self, relay: Relay, finished: Callable[[Relay], Awaitable[None]], headers: dict[str, str]) -> None:
+        super().__init__(relay.events(), media_type="text/event-stream", headers=headers)
+        self.relay, self.finished = relay, finished
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.relay.aclose()
+                try:
+                    await self.finished(self.relay)
+                except Exception:  # the stream is over; what could not be recorded is logged
+                    log.exception("recording the end of a stream failed")
+
+
+def _openai_error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+
+
+# -- keys ---------------------------------------------------------------------------------------
+def _principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+) -> Principal:
+    """The holder of the request's bearer key (401 without a valid one)."""
+    service: Service = request.app.state.service
+    found = service.keys.lookup(credentials.credentials if credentials is not None else "")
+    if found is None:
+        raise HTTPException(401, "missing or invalid bearer API key", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+def _tenant_key(who: Annotated[Principal, Depends(_principal)]) -> str:
+    """The tenant of the request's key (403 for an admin key)."""
+    if who.tenant is None:
+        raise HTTPException(403, "an admin key neither routes nor grades; use a tenant's key")
+    return who.tenant
+
+
+def _admin_key(who: Annotated[Principal, Depends(_principal)]) -> None:
+    if not who.admin:
+        raise HTTPException(403, "this endpoint needs an admin key")
+
+
+AnyKey = Annotated[Principal, Depends(_principal)]
+TenantKey = Annotated[str, Depends(_tenant_key)]
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -280,16 +458,18 @@ def create_app(service: Service) -> FastAPI:
                 await task
             await service.close()
 
-    app = FastAPI(title="router-ml", version="0.1.0", lifespan=lifespan)
-    app.add_middleware(BodyLimit, max_bytes=service.config.server.max_body_bytes)
+    app = FastAPI(
+        title="router-ml", version="0.1.0", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None
+    )
+    app.state.service = service
+    server = service.config.server
+    app.add_middleware(BodyReader, max_bytes=server.max_body_bytes, timeout=server.body_timeout_seconds)
+    app.add_middleware(Measure, metrics=service.metrics)
     metrics = service.metrics
 
-    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
-        token = credentials.credentials.encode() if credentials is not None else b""
-        if not any(hmac.compare_digest(token, key.encode()) for key in service.api_keys):
-            raise HTTPException(401, "missing or invalid bearer API key", headers={"WWW-Authenticate": "Bearer"})
-
-    secured = [Depends(authorised)]
+    def own_tenant(asked: str | None, tenant: str) -> None:
+        if asked is not None and asked != tenant:
+            raise HTTPException(403, "'tenant': a key acts for its own tenant; omit 'tenant' or name the key's own")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -304,28 +484,43 @@ def create_app(service: Service) -> FastAPI:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        path = request.url.path if request.url.path in _PATHS else "other"
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    @app.exception_handler(LogUnavailable)
+    async def unavailable(request: Request, exc: LogUnavailable) -> JSONResponse:
+        """503 with the disk's own reason (full, read-only, locked); the client may retry."""
+        log.error("%s", exc)
+        body = {"detail": str(exc), "error": {"message": str(exc), "type": "service_unavailable"}}
+        return JSONResponse(body, status_code=503, headers={"retry-after": "5"})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
+        """Liveness: the process serves. ``status`` is ``degraded`` (and ``fault`` says why) while the decision
+        log refuses writes."""
         learner = service.learner
+        try:
+            counts: dict[str, int] | None = await run_in_threadpool(service.log.counts)
+        except LogUnavailable:
+            counts = None
+        fault = service.log.fault
         return {
-            "status": "ok",
+            "status": "degraded" if fault else "ok",
+            "fault": fault,
             "policy_version": learner.version,
             "feedback_applied": learner.applied,
-            "log": await run_in_threadpool(service.log.counts),
+            "log": counts,
         }
 
-    @app.post("/v1/route", dependencies=secured)
-    async def route(req: RouteRequest) -> RouteResponse:
-        record = await service.decide(req.prompt, req.candidates, req.lam, req.tenant)
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 when the decision log takes a write now, else 503 with the reason."""
+        fault = await run_in_threadpool(service.log.probe)
+        if fault:
+            return JSONResponse({"ready": False, "reason": f"decision log unavailable: {fault}"}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    @app.post("/v1/route")
+    async def route(req: RouteRequest, tenant: TenantKey) -> RouteResponse:
+        own_tenant(req.tenant, tenant)
+        record = await service.decide(req.prompt, req.candidates, req.lam, tenant)
         return RouteResponse(
             decision_id=record.decision_id,
             model=record.model,
@@ -335,42 +530,56 @@ def create_app(service: Service) -> FastAPI:
             **{"lambda": record.lam},
         )
 
-    @app.post("/v1/feedback", dependencies=secured, status_code=202)
-    async def feedback(req: FeedbackRequest) -> dict[str, str]:
+    @app.post("/v1/feedback", status_code=202)
+    async def feedback(req: FeedbackRequest, tenant: TenantKey) -> dict[str, str]:
         try:
             graded = await run_in_threadpool(
-                service.learner.record_feedback, req.decision_id, req.quality, req.cost_usd
+                lambda: service.learner.record_feedback(
+                    req.decision_id, req.quality, req.cost_usd, tenant=tenant, cost_bound=service.cost_bound
+                )
             )
         except UnknownDecision as exc:
             raise HTTPException(404, f"'decision_id': no decision '{req.decision_id}'") from exc
         except DuplicateFeedback as exc:
             raise HTTPException(409, f"'decision_id': decision '{req.decision_id}' already has feedback") from exc
+        except AnswerInFlight as exc:
+            raise HTTPException(409, f"'decision_id': {exc}") from exc
+        except ClientCostRefused as exc:
+            raise HTTPException(422, str(exc)) from exc
         metrics.feedback_lag.observe(max(graded.received_at - graded.created_at, 0.0))
         if req.cost_usd is not None:
-            service.spent(graded.answered_by or graded.model, None, req.cost_usd)
+            service.spent(graded.model, tenant, req.cost_usd)
         return {"decision_id": graded.decision_id, "status": "accepted"}
 
-    @app.post("/v1/chat/completions", dependencies=secured, response_model=None)
-    async def chat(req: ChatRequest, request: Request) -> Response:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatRequest, request: Request, tenant: TenantKey) -> Response:
         if req.model != ROUTER_MODEL:
             return _openai_error(400, f"'model' must be '{ROUTER_MODEL}' (got '{req.model}')", "invalid_request_error")
-        upstreams = service.forwarder.upstreams
-        offered = [m for m in service.router.policy.catalog.names if m in upstreams]
+        catalog = service.router.policy.catalog
+        offered = [m for m in catalog.names if m in service.forwarder.upstreams]
         if req.router_candidates is not None:
+            unknown = sorted(set(req.router_candidates) - set(catalog.names))
+            if unknown:
+                message = f"'router_candidates': model(s) not in the catalog: {unknown[:5]}"
+                return _openai_error(422, message, "invalid_request_error")
             offered = [m for m in offered if m in set(req.router_candidates)]
+            if not offered:
+                message = "'router_candidates': none of these models has an upstream endpoint"
+                return _openai_error(422, message, "invalid_request_error")
         if not offered:
-            return _openai_error(503, "no candidate model has an upstream endpoint", "server_error")
+            return _openai_error(503, "no catalog model has an upstream endpoint", "server_error")
         lam = req.router_lambda
         header = request.headers.get("x-router-lambda")
         if lam is None and header is not None:
-            try:
-                lam = float(header)
-            except ValueError:
-                lam = math.nan
-            if not (math.isfinite(lam) and lam >= 0):
-                return _openai_error(422, "header 'x-router-lambda' must be a number >= 0", "invalid_request_error")
+            lam = _header_lambda(header)
+            if lam is None:
+                message = f"header 'x-router-lambda' must be a number in [0, {MAX_LAMBDA:g}]"
+                return _openai_error(422, message, "invalid_request_error")
         text = conversation_text(req.messages)
-        record = await service.decide(text, offered, lam, req.user)
+        if len(text) > MAX_PROMPT_CHARS:
+            message = f"'messages': the conversation has {len(text)} characters, over the cap of {MAX_PROMPT_CHARS}"
+            return _openai_error(422, message, "invalid_request_error")
+        record = await service.decide(text, offered, lam, tenant, forwarded=True)
         ranking = [
             record.model,
             *sorted((m for m in record.distribution if m != record.model), key=lambda m: -record.distribution[m]),
@@ -383,27 +592,24 @@ def create_app(service: Service) -> FastAPI:
         }
         try:
             if req.stream:
-                streamed = await service.forwarder.stream(ranking, body, text)
-                _count_fallbacks(metrics, streamed.failures)
-                headers |= {"x-router-model": streamed.model, "x-router-fallbacks": str(len(streamed.failures))}
+                relay = await service.forwarder.stream(ranking, body, text, include_usage=req.include_usage())
+                _count_fallbacks(metrics, relay.failures)
+                headers |= {"x-router-model": relay.model, "x-router-fallbacks": str(len(relay.failures))}
 
-                async def relay() -> AsyncIterator[bytes]:
-                    try:
-                        async for chunk in streamed.chunks:
-                            yield chunk
-                    finally:
-                        await service.metered(record, streamed.model, streamed.usage)
+                async def finished(ended: Relay) -> None:
+                    await service.metered(record, ended.model, ended.usage, ended.outcome or "disconnected")
 
-                return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+                return RelayResponse(relay, finished, headers)
             answer = await service.forwarder.complete(ranking, body, text)
         except UpstreamFailed as exc:
             _count_fallbacks(metrics, exc.failures)
-            await run_in_threadpool(service.log.record_usage, record.decision_id, "", 0.0, 0, 0)
-            return _openai_error(502, str(exc), "upstream_error")
+            await run_in_threadpool(service.log.record_usage, record.decision_id, "", 0.0, 0, 0, "failed")
+            return _openai_error(502, str(exc), "upstream_error", headers)
         except ClientError as exc:
-            return _openai_error(exc.status, str(exc), "invalid_request_error")
+            await run_in_threadpool(service.log.record_usage, record.decision_id, "", 0.0, 0, 0, "failed")
+            return _openai_error(exc.status, str(exc), "invalid_request_error", headers)
         _count_fallbacks(metrics, answer.failures)
-        cost = await service.metered(record, answer.model, answer.usage)
+        cost = await service.metered(record, answer.model, answer.usage, "answered")
         headers |= {
             "x-router-model": answer.model,
             "x-router-fallbacks": str(len(answer.failures)),
@@ -411,28 +617,54 @@ def create_app(service: Service) -> FastAPI:
         }
         return JSONResponse(answer.body, headers=headers)
 
-    @app.get("/v1/spend", dependencies=secured)
-    async def spend() -> dict[str, Any]:
-        return {
-            "by_model": await run_in_threadpool(service.log.spend, "model"),
-            "by_tenant": await run_in_threadpool(service.log.spend, "tenant"),
+    @app.get("/v1/spend")
+    async def spend(who: AnyKey) -> dict[str, Any]:
+        """Spend by model and by cost source (``metered``, ``client``, ``estimate``): a tenant's key sees its own
+        tenant's, an admin key every tenant's."""
+        tenant = who.tenant
+        found: dict[str, Any] = {
+            "by_model": await run_in_threadpool(service.log.spend, "model", tenant),
+            "by_source": await run_in_threadpool(service.log.spend, "source", tenant),
+        }
+        if who.admin:
+            found["by_tenant"] = await run_in_threadpool(service.log.spend, "tenant")
+        else:
+            found["tenant"] = tenant
+        return found | {
             "lambda": service.effective_lambda(None),
             "budget_usd_per_1k": service.config.budget.target_usd_per_1k,
         }
 
-    @app.get("/metrics", dependencies=secured)
+    @app.get("/metrics", dependencies=[Depends(_admin_key)])
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    if server.openapi:
+
+        @app.get("/openapi.json", dependencies=[Depends(_admin_key)], include_in_schema=False)
+        async def openapi() -> dict[str, Any]:
+            return app.openapi()
 
     return app
 
 
-_PATHS = frozenset({"/healthz", "/v1/route", "/v1/feedback", "/v1/chat/completions", "/v1/spend", "/metrics"})
+_PATHS = frozenset(
+    {"/healthz", "/readyz", "/v1/route", "/v1/feedback", "/v1/chat/completions", "/v1/spend", "/metrics"}
+)
+
+
+def _header_lambda(value: str) -> float | None:
+    """The ``x-router-lambda`` header as a number within the body's bounds, else None."""
+    try:
+        lam = float(value)
+    except ValueError:
+        return None
+    return lam if math.isfinite(lam) and 0 <= lam <= MAX_LAMBDA else None
 
 
 def _count_fallbacks(metrics: Metrics, failures: list[Any]) -> None:
     for failure in failures:
-        metrics.fallbacks.labels(failure.model).inc()
+        metrics.fallbacks.labels(metrics.model(failure.model)).inc()
 
 
 async def _maintain(service: Service) -> None:
@@ -451,7 +683,7 @@ async def _maintain(service: Service) -> None:
 
 
 def run(config_path: str | None, host: str | None = None, port: int | None = None) -> None:
-    """Build the service and serve it with uvicorn (``router-ml serve``)."""
+    """Build the service and serve it with uvicorn (``router-ml serve``); a start-up fault is one line and exit 2."""
     import uvicorn
 
     config = ServeConfig.load(config_path)

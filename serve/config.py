@@ -5,8 +5,14 @@
     [server]
     host = "127.0.0.1"
     port = 8000
-    api_keys_env = "ROUTER_ML_API_KEYS"   # comma-separated bearer keys live in this variable
+    api_keys_env = "ROUTER_ML_API_KEYS"       # comma-separated bearer keys of the tenant "default"
+    admin_keys_env = "ROUTER_ML_ADMIN_KEYS"   # admin keys: every tenant's spend, /metrics, the OpenAPI spec
     max_body_bytes = 1048576
+    body_timeout_seconds = 10.0               # a request body must arrive whole within this (else 408)
+    openapi = false                           # serve /openapi.json (to admin keys); /docs and /redoc never
+
+    [tenants.team-a]                          # more tenants, each with its own keys
+    api_keys_env = "TEAM_A_KEYS"
 
     [policy]
     ref = "champion"          # an MLflow alias or version, or a policy folder
@@ -15,12 +21,14 @@
     [log]
     path = ".router-ml/serve/decisions.sqlite"
     durability = "full"       # "full": fsync per commit; "normal": survives a killed process, not power loss
+    busy_timeout_seconds = 5.0   # how long a write waits for a lock held by another process, then 503
 
     [learning]
     snapshot_every_updates = 1000
     snapshot_every_seconds = 600.0
     reload_poll_seconds = 30.0
     seed = 0
+    max_completion_tokens = 16384   # bounds a client-reported cost: the prompt plus this many completion tokens
 
     [budget]
     target_usd_per_1k = 0.5   # omit for no budget
@@ -44,6 +52,7 @@ Per-model endpoints may also come from the policy's catalog (``endpoint`` / ``ap
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,12 +67,25 @@ class ConfigError(ValueError):
     """The service configuration is malformed; the message names the field."""
 
 
+DEFAULT_TENANT = "default"
+"""The tenant of the keys in ``server.api_keys_env``."""
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys_env: str = "ROUTER_ML_API_KEYS"
+    admin_keys_env: str = "ROUTER_ML_ADMIN_KEYS"
     max_body_bytes: int = 1 << 20
+    body_timeout_seconds: float = 10.0
+    openapi: bool = False
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    api_keys_env: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,7 @@ class PolicySource:
 class LogConfig:
     path: str = ""
     durability: Durability = "full"
+    busy_timeout_seconds: float = 5.0
 
     def resolved_path(self) -> Path:
         """``path``, or ``$ROUTER_ML_HOME/serve/decisions.sqlite``."""
@@ -88,6 +111,7 @@ class LearningConfig:
     snapshot_every_seconds: float = 600.0
     reload_poll_seconds: float = 30.0
     seed: int = 0
+    max_completion_tokens: int = 16384
 
 
 @dataclass(frozen=True)
@@ -121,6 +145,7 @@ class ServeConfig:
     learning: LearningConfig = field(default_factory=LearningConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    tenants: dict[str, TenantConfig] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path | None) -> ServeConfig:
@@ -148,7 +173,11 @@ class ServeConfig:
             name: _section(UpstreamModel, spec, f"upstream.models.{name}")
             for name, spec in dict(upstream.pop("models", {})).items()
         }
+        tenants = doc.get("tenants", {})
+        if not isinstance(tenants, dict):
+            raise ConfigError("config: 'tenants' must be a table")
         config = cls(
+            tenants={name: _section(TenantConfig, spec, f"tenants.{name}") for name, spec in tenants.items()},
             server=_section(ServerConfig, doc.get("server", {}), "server"),
             policy=_section(PolicySource, doc.get("policy", {}), "policy"),
             log=_section(LogConfig, doc.get("log", {}), "log"),
@@ -164,6 +193,9 @@ class ServeConfig:
         positive: dict[str, float] = {
             "server.port": self.server.port,
             "server.max_body_bytes": self.server.max_body_bytes,
+            "server.body_timeout_seconds": self.server.body_timeout_seconds,
+            "log.busy_timeout_seconds": self.log.busy_timeout_seconds,
+            "learning.max_completion_tokens": self.learning.max_completion_tokens,
             "learning.snapshot_every_updates": self.learning.snapshot_every_updates,
             "learning.snapshot_every_seconds": self.learning.snapshot_every_seconds,
             "learning.reload_poll_seconds": self.learning.reload_poll_seconds,
@@ -177,6 +209,13 @@ class ServeConfig:
         for name, value in positive.items():
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"config: '{name}' must be > 0, got {value}")
+        for name, tenant in self.tenants.items():
+            if not _TENANT_NAME.fullmatch(name) or name == DEFAULT_TENANT:
+                raise ConfigError(
+                    f"config: 'tenants.{name}': a tenant name is 1-64 of A-Z a-z 0-9 . _ - (and not '{DEFAULT_TENANT}')"
+                )
+            if not tenant.api_keys_env:
+                raise ConfigError(f"config: 'tenants.{name}.api_keys_env' must name the variable holding its keys")
         if self.log.durability not in ("full", "normal"):
             raise ConfigError(f"config: 'log.durability' must be 'full' or 'normal', got {self.log.durability!r}")
 
@@ -196,6 +235,7 @@ def _section(kind: Any, values: Any, name: str) -> Any:
             "str": isinstance(value, str),
             "int": isinstance(value, int) and not isinstance(value, bool),
             "float": isinstance(value, int | float) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
         }.get(wanted, True)
         if not ok:
             raise ConfigError(f"config: '{name}.{key}' must be {wanted}, got {value!r}")

@@ -4,18 +4,22 @@ Every touch of the VW model runs on one thread (``policy`` executor), so decisio
 overlap. MLflow work (snapshots, alias polling, loading a new champion) runs on a second thread
 (``registry`` executor) and hands results to the policy thread.
 
-Nothing acknowledged is lost from the model either: feedback is committed to the decision log before
-it is learned, each snapshot records the highest feedback sequence number it contains, and a restart
-(or a reload of a version this log produced) replays the feedback committed after it.
+Nothing acknowledged is lost from the model, nor learned twice: feedback is committed to the decision log
+and queued to the policy thread under one lock, so the policy thread learns it in sequence order and
+knows, after each update, the sequence number ``W`` up to which the model holds every feedback. A
+snapshot is frozen on that thread together with its ``W`` (so its tags are exact whatever the timing:
+during a replay, behind a slow or failed registration), and a restart (or a reload of a version this log
+produced) replays the feedback committed after the snapshot's ``W``. A queued update at or below ``W``
+(learned first by a replay) is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,8 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from router_ml.artifacts import PolicyArtifact
+from router_ml.bounded import ByteLRU
 from router_ml.cost_model import estimate_tokens
-from router_ml.decision_log import DecisionLog, GradedDecision
+from router_ml.decision_log import CostBound, DecisionLog, GradedDecision
 from router_ml.policy import Decision
 from router_ml.registry import PolicyRegistry, VersionInfo
 from router_ml.router import Router
@@ -37,8 +42,9 @@ from serve.metrics import Metrics
 log = logging.getLogger("router_ml.serve")
 T = TypeVar("T")
 
-_MEMO = 20_000
-"""Embeddings kept in memory between a decision and its feedback; older ones are embedded again."""
+MEMO_BYTES = 32 << 20
+"""Bound of the embeddings kept between a decision and its feedback (about 20,000 of MiniLM's 384 floats); the
+least recently decided leave first, and their feedback embeds the prompt again."""
 
 TAG_SOURCE, TAG_PARENT, TAG_BASE, TAG_LOG, TAG_SEQ = (
     "source",
@@ -86,10 +92,10 @@ class OnlineLearner:
         self._rng = np.random.default_rng(config.seed)
         self._policy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
         self._registry = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
-        self._memo: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        self._memo: ByteLRU[str, npt.NDArray[np.float32]] = ByteLRU(MEMO_BYTES, _memo_bytes)
+        _serving(router)
         self._seq_lock = threading.Lock()
-        self._pending: set[int] = set()
-        self._applied_seq = 0
+        self._seq = 0  # the model holds every feedback up to this sequence number (policy thread only)
         self._last_snapshot = time.monotonic()
         self._snapshotting = False
         self.applied = 0
@@ -119,9 +125,7 @@ class OnlineLearner:
             decision = self.router.decide(
                 embedding, self._rng, candidates=candidates, lam=lam, prompt_tokens=prompt_tokens
             )
-            self._memo[decision_id] = embedding
-            if len(self._memo) > _MEMO:
-                self._memo.popitem(last=False)
+            self._memo.put(decision_id, embedding)
             return decision, self.version
 
         return await self._on_policy(run)
@@ -130,22 +134,32 @@ class OnlineLearner:
         """Fold a metered completion length into the router's cost estimate."""
         await self._on_policy(lambda: self.router.observe_usage(model, output_tokens))
 
-    def record_feedback(self, decision_id: str, quality: float, cost_usd: float | None) -> GradedDecision:
+    def record_feedback(
+        self,
+        decision_id: str,
+        quality: float,
+        cost_usd: float | None,
+        *,
+        tenant: str | None = None,
+        cost_bound: CostBound | None = None,
+    ) -> GradedDecision:
         """Commit feedback to the log and queue the update (call from a worker thread, not the event loop).
 
-        The commit and the queueing happen under one lock, so a snapshot never claims a feedback
-        sequence number whose update is still in flight.
+        The commit and the queueing happen under one lock, so updates reach the policy thread in sequence
+        order. ``tenant`` and ``cost_bound`` are checked by :meth:`DecisionLog.record_feedback`.
         """
         with self._seq_lock:
-            graded = self.log.record_feedback(decision_id, quality, cost_usd)
-            self._pending.add(graded.seq)
-        self._policy.submit(self._learn, graded)
+            graded = self.log.record_feedback(decision_id, quality, cost_usd, tenant=tenant, cost_bound=cost_bound)
+            self._policy.submit(self._learn, graded)
         return graded
 
-    def _learn(self, graded: GradedDecision) -> None:
+    def _learn(self, graded: GradedDecision) -> bool:
+        """On the policy thread: learn one feedback unless the model holds it already. True if learned."""
+        if graded.seq <= self._seq:
+            return False
         try:
             if graded.learnable:
-                embedding = self._memo.pop(graded.decision_id, None)
+                embedding = self._memo.pop(graded.decision_id)
                 if embedding is None:
                     embedding = self.router.embed(graded.prompt)
                 self.router.policy.learn_one(
@@ -162,28 +176,17 @@ class OnlineLearner:
                 self.metrics.updates.set(self.router.policy.updates - self._updates_at_version)
         except Exception:  # a bad row must not stop the learner; the log keeps it for offline training
             log.exception("online update failed for decision %s", graded.decision_id)
-        finally:
-            with self._seq_lock:
-                self._pending.discard(graded.seq)
-                self._applied_seq = max(self._applied_seq, graded.seq)
+        self._seq = graded.seq
         self._maybe_snapshot(by_time=False)
-
-    def _high_water(self) -> int:
-        """Every feedback with a sequence number up to this one is in the model."""
-        with self._seq_lock:
-            return min(self._pending) - 1 if self._pending else max(self._applied_seq, self.log.last_feedback_seq())
+        return True
 
     def catch_up(self, after_seq: int) -> int:
-        """Learn the feedback committed after ``after_seq`` (call on the policy thread or before serving)."""
-        n = 0
-        for graded in self.log.graded_since(after_seq):
-            with self._seq_lock:
-                if graded.seq in self._pending:  # already queued: its own job learns it
-                    continue
-                self._pending.add(graded.seq)
-            self._learn(graded)
-            n += 1
-        return n
+        """On the policy thread: the model holds feedback up to ``after_seq``; learn what the log has after it.
+
+        Returns how many feedback rows were taken in.
+        """
+        self._seq = after_seq
+        return sum(self._learn(graded) for graded in self.log.graded_since(after_seq))
 
     # -- snapshots ------------------------------------------------------------------------------
     def _maybe_snapshot(self, *, by_time: bool) -> Future[None] | None:
@@ -209,7 +212,7 @@ class OnlineLearner:
             TAG_PARENT: self._version,
             TAG_BASE: self._base,
             TAG_LOG: self.log.log_id,
-            TAG_SEQ: str(self._high_water()),
+            TAG_SEQ: str(self._seq),
         }
         updates = policy.updates
         self._snapshotting = True
@@ -260,6 +263,7 @@ class OnlineLearner:
         return True
 
     def _swap(self, loaded: Loaded, router: Router) -> None:
+        _serving(router)
         self.router, self._artifact = router, loaded.artifact
         self._version, self._base = loaded.version, loaded.base_version
         self._updates_at_version = router.policy.updates
@@ -274,6 +278,15 @@ class OnlineLearner:
         """Finish queued updates and registry work."""
         self._policy.shutdown(wait=True)
         self._registry.shutdown(wait=True)
+
+
+def _serving(router: Router) -> None:
+    """A service never decides twice on one context object, so its policy keeps no VW shared examples."""
+    router.policy.shared_cache.max_bytes = 0
+
+
+def _memo_bytes(decision_id: str, embedding: npt.NDArray[np.float32]) -> int:
+    return embedding.nbytes + sys.getsizeof(decision_id) + 112  # the array's own header
 
 
 def resolve_start(registry: PolicyRegistry, ref: str, decision_log: DecisionLog) -> Loaded:

@@ -1,17 +1,26 @@
-"""Prometheus metrics of the service, in their own registry (so several apps in one process stay apart)."""
+"""Prometheus metrics of the service, in their own registry (so several apps in one process stay apart).
+
+Every label comes from a bounded set: endpoints from a fixed list, status codes, models from the catalog and
+tenants from the configuration (anything else is counted as ``other``), so ``/metrics`` does not grow with
+traffic, whatever clients send.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0)
+OTHER = "other"
 
 
 class Metrics:
     """Requests, latency, choices, spend, feedback lag, learner state."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tenants: Iterable[str] = (), models: Iterable[str] = ()) -> None:
+        self._tenants, self._models = frozenset(tenants), frozenset(models)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("router_requests", "HTTP requests", ["endpoint", "status"], registry=r)
@@ -20,7 +29,7 @@ class Metrics:
         )
         self.choices = Counter("router_choices", "routing decisions per chosen model", ["model"], registry=r)
         self.fallbacks = Counter("router_fallbacks", "upstream attempts that failed over", ["model"], registry=r)
-        self.spend = Counter("router_spend_usd", "metered spend in USD", ["model", "tenant"], registry=r)
+        self.spend = Counter("router_spend_usd", "spend in USD", ["model", "tenant"], registry=r)
         self.feedback_lag = Histogram(
             "router_feedback_lag_seconds", "decision to feedback delay", buckets=LAG_BUCKETS, registry=r
         )
@@ -28,6 +37,14 @@ class Metrics:
         self.snapshots = Counter("router_snapshots", "policy snapshots registered in MLflow", registry=r)
         self.reloads = Counter("router_reloads", "policy reloads after the alias moved", registry=r)
         self.lam = Gauge("router_lambda", "effective cost weight (lambda plus the budget multiplier)", registry=r)
+
+    def model(self, name: str) -> str:
+        """``name`` as a label: a catalog model, else ``other``."""
+        return name if name in self._models else OTHER
+
+    def tenant(self, name: str | None) -> str:
+        """``name`` as a label: a configured tenant, else ``other``."""
+        return name if name in self._tenants else OTHER
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

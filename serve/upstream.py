@@ -1,10 +1,14 @@
 """Forwarding OpenAI-style chat completions to the chosen provider, with fallback down the policy's ranking.
 
-A model is tried until its first byte arrives: a connection error, a timeout, or a 408/429/5xx answer
-moves on to the next model. Once bytes flow, the answer is that model's (a stream that breaks later is
-cut, not retried, since the client has already seen part of it). Any other 4xx is the request's own
-fault and goes back to the client. Error messages name the model and the failure, never a key or a
-provider's error body.
+A model is tried until its first byte arrives: a connection error, a timeout, a 408/429/5xx answer, or a
+complete answer that is not strict JSON (``NaN`` is not JSON) or whose usage is not a count of tokens
+moves on to the next model. Once bytes flow, the answer is that model's: a stream that breaks, stalls or
+ends without ``[DONE]`` is cut, not retried (the client has already seen part of it), and the client gets
+an error event the OpenAI SDKs raise, with no ``[DONE]``. Streamed chunks are passed on as the plain
+answer is: named by the catalog model, the usage chunk only when the client asked for it
+(``stream_options.include_usage``; the upstream is always asked, to meter the call). Any other 4xx is the
+request's own fault and goes back to the client. Error messages name the model and the failure, never a
+key or a provider's error body.
 
 The HTTP client takes any httpx transport, so tests can stand a ``MockTransport`` or a real loopback
 server in for the providers.
@@ -13,10 +17,11 @@ server in for the providers.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -25,6 +30,9 @@ from router_ml.cost_model import estimate_tokens
 from serve.config import ConfigError, UpstreamConfig
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+MAX_TOKENS = 10_000_000
+"""Usage counts above this are not believed (no call uses ten million tokens)."""
+StreamOutcome = Literal["answered", "cut", "disconnected"]
 
 
 @dataclass(frozen=True)
@@ -102,16 +110,6 @@ class Answer:
     failures: list[Failure]
 
 
-@dataclass
-class StreamedAnswer:
-    """A streamed answer whose first chunk has arrived; iterate ``chunks`` to pass it on."""
-
-    model: str
-    chunks: AsyncIterator[bytes]
-    usage: Usage
-    failures: list[Failure]
-
-
 class Forwarder:
     """Sends chat completions to upstreams in ranking order until one answers."""
 
@@ -161,18 +159,24 @@ class Forwarder:
             if resp.status_code >= 400:
                 raise ClientError(up.model, resp.status_code)
             try:
-                answer = resp.json()
+                answer = strict_json(resp.content)
             except ValueError:
                 failures.append(Failure(up.model, "answer is not JSON"))
                 continue
             if not isinstance(answer, dict):
                 failures.append(Failure(up.model, "answer is not a JSON object"))
                 continue
+            usage = _usage(answer, prompt_text)
+            if usage is None:
+                failures.append(Failure(up.model, "answer's usage is not a count of tokens"))
+                continue
             answer["model"] = up.model
-            return Answer(up.model, answer, _usage(answer, prompt_text), failures)
+            return Answer(up.model, answer, usage, failures)
         raise UpstreamFailed(failures)
 
-    async def stream(self, ranking: Sequence[str], body: dict[str, Any], prompt_text: str) -> StreamedAnswer:
+    async def stream(
+        self, ranking: Sequence[str], body: dict[str, Any], prompt_text: str, *, include_usage: bool
+    ) -> Relay:
         """A streamed completion: returns once a model's first chunk arrived (falling back until one does)."""
         failures: list[Failure] = []
         streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
@@ -187,91 +191,162 @@ class Forwarder:
                 if resp.status_code >= 400:
                     await resp.aclose()
                     raise ClientError(up.model, resp.status_code)
-                raw = resp.aiter_raw()
-                first = await anext(raw)
+                chunks = resp.aiter_bytes()
+                first = await anext(chunks)
             except (httpx.HTTPError, StopAsyncIteration) as exc:
                 failures.append(Failure(up.model, _describe(exc) if isinstance(exc, httpx.HTTPError) else "empty"))
                 if resp is not None:
                     await resp.aclose()
                 continue
             usage = Usage(input_tokens=estimate_tokens(prompt_text))
-            answer = StreamedAnswer(up.model, _relay(resp, first, raw, usage), usage, failures)
-            return answer
+            return Relay(up.model, resp, first, chunks, usage, failures, include_usage=include_usage)
         raise UpstreamFailed(failures)
 
 
-async def _relay(resp: httpx.Response, first: bytes, rest: AsyncIterator[bytes], usage: Usage) -> AsyncIterator[bytes]:
-    """Pass the stream on byte for byte while reading its server-sent events for usage and content length."""
-    parser = _SseUsage(usage)
-    try:
-        parser.feed(first)
-        yield first
-        async for chunk in rest:
-            parser.feed(chunk)
-            yield chunk
-    finally:
-        await resp.aclose()
-        parser.finish()
+class Relay:
+    """A streamed answer whose first chunk has arrived: :meth:`events` passes it on as OpenAI chunks.
 
+    ``outcome`` is None while it streams, then ``answered`` (the upstream sent ``[DONE]``), ``cut`` (it broke
+    off, stalled or ended early: the client got an error event and no ``[DONE]``) or ``disconnected`` (the
+    client left first). ``usage`` is the upstream's count, else estimated from the text relayed so far.
+    """
 
-class _SseUsage:
-    """Reads ``data:`` events of an OpenAI stream: the final ``usage`` object, else the streamed text's length."""
-
-    def __init__(self, usage: Usage) -> None:
-        self.usage = usage
-        self._buffer = b""
+    def __init__(
+        self,
+        model: str,
+        resp: httpx.Response,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        usage: Usage,
+        failures: list[Failure],
+        *,
+        include_usage: bool,
+    ) -> None:
+        self.model, self.usage, self.failures = model, usage, failures
+        self.outcome: StreamOutcome | None = None
+        self._resp, self._first, self._rest = resp, first, rest
+        self._include_usage = include_usage
         self._chars = 0
 
-    def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        *events, self._buffer = self._buffer.split(b"\n\n")
-        for event in events:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._data(line[5:].strip())
-
-    def _data(self, data: bytes) -> None:
-        if data == b"[DONE]":
-            return
+    async def events(self) -> AsyncIterator[bytes]:
+        """The client's server-sent events; however the stream ends, the upstream response is closed."""
         try:
-            msg = json.loads(data)
+            async for event in self._relayed():
+                yield event
+        finally:
+            await self.aclose()
+
+    async def _relayed(self) -> AsyncIterator[bytes]:
+        buffer, done = b"", False
+        try:
+            async for chunk in _prepend(self._first, self._rest):
+                *events, buffer = (buffer + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+                for event in events:
+                    data = b"\n".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+                    if data == b"[DONE]":
+                        done = True
+                        yield b"data: [DONE]\n\n"
+                    elif data and not done:
+                        out = self._chunk(data)
+                        if out is not None:
+                            yield out
+        except httpx.HTTPError as exc:
+            reason = "stalled" if isinstance(exc, httpx.TimeoutException) else "broke off"
+        except ValueError as exc:
+            reason = f"sent {exc}"
+        else:
+            if done:
+                self.outcome = "answered"
+                return
+            reason = "ended the stream before it was complete"
+        self.outcome = "cut"
+        message = f"upstream for '{self.model}' {reason}; the answer is incomplete"
+        yield b"data: " + json.dumps({"error": {"message": message, "type": "upstream_error"}}).encode() + b"\n\n"
+
+    def _chunk(self, data: bytes) -> bytes | None:
+        """One upstream chunk as the client gets it (None: nothing for the client); ValueError names what is wrong."""
+        try:
+            msg = strict_json(data)
         except ValueError:
-            return
+            raise ValueError("a chunk that is not JSON") from None
         if not isinstance(msg, dict):
-            return
-        if isinstance(msg.get("usage"), dict):
-            _metered(self.usage, msg["usage"])
+            raise ValueError("a chunk that is not a JSON object")
+        if isinstance(msg.get("error"), dict):  # the upstream's own error event
+            raise ValueError("an error event")
+        if not isinstance(msg.get("choices", []), list):
+            raise ValueError("a chunk whose 'choices' is not a list")
         for choice in msg.get("choices") or []:
             if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
                 content = choice["delta"].get("content")
                 if isinstance(content, str):
                     self._chars += len(content)
+        if isinstance(msg.get("usage"), dict):
+            metered = _metered(msg["usage"])
+            if metered is not None:
+                self.usage.input_tokens, self.usage.output_tokens = metered
+                self.usage.metered = True
+        if not self._include_usage:
+            msg.pop("usage", None)
+            if not msg.get("choices"):
+                return None
+        msg["model"] = self.model
+        return b"data: " + json.dumps(msg, ensure_ascii=False).encode() + b"\n\n"
 
-    def finish(self) -> None:
+    async def aclose(self) -> None:
+        """Close the upstream response (a client that left ends the stream as ``disconnected``)."""
+        if self.outcome is None:
+            self.outcome = "disconnected"
         if not self.usage.metered:
             self.usage.output_tokens = max(1, round(self._chars / 4)) if self._chars else 0
+        await self._resp.aclose()
 
 
-def _metered(usage: Usage, raw: dict[str, Any]) -> None:
-    try:
-        usage.input_tokens = int(raw["prompt_tokens"])
-        usage.output_tokens = int(raw["completion_tokens"])
-        usage.metered = True
-    except (KeyError, TypeError, ValueError):
-        pass
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
-def _usage(answer: dict[str, Any], prompt_text: str) -> Usage:
+def strict_json(data: bytes | str) -> Any:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity`` (not JSON, and not forwardable as JSON)."""
+    return json.loads(data, parse_constant=_not_json)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _metered(raw: dict[str, Any]) -> tuple[int, int] | None:
+    """The (prompt, completion) token counts of an OpenAI ``usage`` object; None unless both are counts."""
+    counts = (raw.get("prompt_tokens"), raw.get("completion_tokens"))
+    ok = all(
+        isinstance(n, int | float)
+        and not isinstance(n, bool)
+        and math.isfinite(n)
+        and 0 <= n <= MAX_TOKENS
+        and n == int(n)
+        for n in counts
+    )
+    return (int(counts[0]), int(counts[1])) if ok else None  # type: ignore[arg-type]
+
+
+def _usage(answer: dict[str, Any], prompt_text: str) -> Usage | None:
+    """The usage of a complete answer (estimated from text when it has none); None if it has an invalid one."""
     usage = Usage(input_tokens=estimate_tokens(prompt_text))
-    if isinstance(answer.get("usage"), dict):
-        _metered(usage, answer["usage"])
-    if not usage.metered:
-        text = "".join(
-            str((c.get("message") or {}).get("content") or "")
-            for c in answer.get("choices") or []
-            if isinstance(c, dict)
-        )
-        usage.output_tokens = estimate_tokens(text) if text else 0
+    raw = answer.get("usage")
+    if raw is not None:
+        counted = isinstance(raw, dict) and ("prompt_tokens" in raw or "completion_tokens" in raw)
+        metered = _metered(raw) if counted else None
+        if metered is None and (counted or not isinstance(raw, dict)):
+            return None
+        if metered is not None:
+            usage.input_tokens, usage.output_tokens = metered
+            usage.metered = True
+            return usage
+    text = "".join(
+        str((c.get("message") or {}).get("content") or "") for c in answer.get("choices") or [] if isinstance(c, dict)
+    )
+    usage.output_tokens = estimate_tokens(text) if text else 0
     return usage
 
 

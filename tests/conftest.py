@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +19,7 @@ from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
 from router_ml.policy import PolicyConfig
 from router_ml.simulate import simulate
-from tests.servekit import MODELS
+from tests.servekit import BODY_TIMEOUT, MODELS, FakeUpstream, ServerProcess, mount_tmpfs, serving_champion, unmount
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -97,3 +98,41 @@ def policy_artifact(small_benchmark: Path, embedder: CachedEmbedder) -> PolicyAr
     logs = simulate(FullInfo.from_benchmark(bench, models=catalog.names), 400, seed=0)
     policy, _ = train_policy(logs, embedder, catalog, PolicyConfig(), FeatureConfig(clusters=(4,)), progress=False)
     return PolicyArtifact(policy, embedder=embedder.name)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    """A fake OpenAI-compatible upstream on 127.0.0.1, told per test how to misbehave."""
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+    """A 4 MiB tmpfs for the decision log of :func:`hardened` (None where mounting is not allowed)."""
+    where = tmp_path_factory.mktemp("disk") / "mnt"
+    if not mount_tmpfs(where):
+        yield None
+        return
+    try:
+        yield where
+    finally:
+        unmount(where)
+
+
+@pytest.fixture(scope="session")
+def hardened(
+    tmp_path_factory: pytest.TempPathFactory, policy_artifact: PolicyArtifact, upstream: FakeUpstream, disk: Path | None
+) -> Iterator[ServerProcess]:
+    """One `router-ml serve` process for the trust and fault tests: every model on the fake upstream, the log on the
+    small tmpfs, a 1 s body timeout, a 0.5 s busy timeout, and the OpenAPI spec served to admin keys."""
+    home = tmp_path_factory.mktemp("hardened-home")
+    with serving_champion(
+        home,
+        policy_artifact,
+        upstream.url,
+        server=f"body_timeout_seconds = {BODY_TIMEOUT}\nopenapi = true",
+        log=(disk or home) / "serve" / "decisions.sqlite",
+        log_options="busy_timeout_seconds = 0.5",
+    ) as server:
+        yield server

@@ -1,17 +1,26 @@
 """Test kit for the service: a fake OpenAI-compatible upstream on 127.0.0.1, and `router-ml serve` as a real process.
 
-The fake upstream answers by the model name it receives: ``<behaviour>-<anything>``, where behaviour is
-``ok`` (a JSON answer with usage), ``fail`` (HTTP 500), ``slow`` (sleeps past the router's first-byte
-timeout) or ``stream`` semantics follow the request's own ``stream`` flag.
+The fake upstream answers by the model name it receives, ``<behaviour>-<anything>``; it streams when the request
+asks. Behaviours: ``ok`` (an answer with usage), ``fail`` (HTTP 500), ``slow`` (sleeps past the router's first-byte
+timeout before answering), ``cut`` (a stream that breaks off after two chunks: the connection is dropped),
+``stall`` (a stream that stops sending after two chunks, past the router's read timeout), ``nodone`` (a stream
+that ends cleanly without ``[DONE]``), ``long`` (a stream of 200 chunks, 20 ms apart), and ``nan``, ``inf``,
+``neg`` (usage of NaN, Infinity or -5 tokens, as raw JSON constants). ``FakeUpstream.commands`` overrides the
+behaviour for a model name on command.
+
+Keys: ``API_KEY`` is tenant ``team-a``'s, ``OTHER_KEY`` the ``default`` tenant's, ``TEAM_B_KEY`` tenant ``team-b``'s
+and ``ADMIN_KEY`` an admin key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,17 +28,27 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import tomllib
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from router_ml.artifacts import PolicyArtifact
+from router_ml.registry import PolicyRegistry
+
 API_KEY = "test-key-123"
+OTHER_KEY = "other-key"
+TEAM_B_KEY = "team-b-key"
+ADMIN_KEY = "admin-key"
 MODELS = ["gemini-1.5-flash", "gemini-1.5-pro", "gpt-4o", "llama-3.1-8b-instruct"]
 SLOW_SECONDS = 3.0
+BODY_TIMEOUT = 1.0
+"""The body timeout of the trust and fault tests' server (``hardened`` in conftest)."""
 
 
 def free_port() -> int:
@@ -38,38 +57,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_USAGE = {"ok": "11", "nan": "NaN", "inf": "Infinity", "neg": "-5"}
+
+
+def _usage(behaviour: str) -> str:
+    tokens = _USAGE.get(behaviour, "11")
+    return f'{{"prompt_tokens": {tokens}, "completion_tokens": 7, "total_tokens": 18}}'
+
+
 async def _chat(request: Request) -> Response:
     body = await request.json()
     model = str(body.get("model", ""))
     request.app.state.calls.append(model)
-    behaviour = model.split("-", 1)[0]
+    behaviour = request.app.state.commands.get(model, model.split("-", 1)[0])
     if behaviour == "fail":
         return JSONResponse({"error": {"message": "internal failure"}}, status_code=500)
     if behaviour == "slow":
         await asyncio.sleep(SLOW_SECONDS)
-    text = f"answer from {model}"
+    words = [f"w{i}" for i in range(200)] if behaviour == "long" else f"answer from {model}".split()
     if body.get("stream"):
 
         async def events() -> AsyncIterator[bytes]:
-            for word in text.split():
+            for i, word in enumerate(words):
+                if i == 2 and behaviour == "cut":
+                    raise ConnectionResetError("the upstream dropped the connection")
+                if i == 2 and behaviour == "stall":
+                    await asyncio.sleep(SLOW_SECONDS)
                 chunk = {"model": model, "choices": [{"index": 0, "delta": {"content": word + " "}}]}
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.02 if behaviour == "long" else 0.01)
+            if behaviour == "nodone":
+                return
             if (body.get("stream_options") or {}).get("include_usage"):
-                usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-                yield f"data: {json.dumps({'model': model, 'choices': [], 'usage': usage})}\n\n".encode()
+                yield f'data: {{"model": "{model}", "choices": [], "usage": {_usage(behaviour)}}}\n\n'.encode()
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
-    return JSONResponse(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-        }
-    )
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}
+        ],
+    }
+    text = json.dumps(answer)[:-1] + f', "usage": {_usage(behaviour)}}}'
+    return Response(text, media_type="application/json")
 
 
 class FakeUpstream:
@@ -78,7 +111,9 @@ class FakeUpstream:
     def __init__(self) -> None:
         app = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"])])
         app.state.calls = []
+        app.state.commands = {}
         self.calls: list[str] = app.state.calls
+        self.commands: dict[str, str] = app.state.commands  # e.g. {"ok-gpt-4o": "cut"}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -98,19 +133,46 @@ class FakeUpstream:
         self._thread.join(timeout=10)
 
 
-def write_config(path: Path, *, home: Path, upstream: str, models: dict[str, str], extra: str = "") -> Path:
-    """A service TOML: catalog models mapped to fake-upstream behaviours (``ok-...``, ``fail-...``)."""
+def champion(home: Path, artifact: PolicyArtifact) -> tuple[str, PolicyRegistry]:
+    """A fresh MLflow store under ``home`` holding ``artifact`` as version 1, the champion; returns its URI too."""
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    registry = PolicyRegistry(uri)
+    registry.log_version(artifact, params={"lam": 0.05}, metrics={})
+    registry.promote("1")
+    return uri, registry
+
+
+def write_config(
+    path: Path,
+    *,
+    home: Path,
+    upstream: str,
+    models: dict[str, str],
+    extra: str = "",
+    server: str = "",
+    log: Path | None = None,
+    log_options: str = "",
+) -> Path:
+    """A service TOML: catalog models mapped to fake-upstream behaviours (``ok-...``, ``fail-...``); ``server`` is the
+    body of its ``[server]`` table; the decision log at ``log`` (default: under ``home``), with ``log_options``."""
     lines = [
+        "[server]",
+        server,
         "[policy]",
         'ref = "champion"',
         "[log]",
-        f'path = "{home / "serve" / "decisions.sqlite"}"',
+        f'path = "{log or home / "serve" / "decisions.sqlite"}"',
         'durability = "full"',
+        log_options,
         "[upstream]",
         f'endpoint = "{upstream}"',
         "first_byte_timeout_seconds = 1.0",
         "connect_timeout_seconds = 1.0",
         "max_attempts = 4",
+        '[tenants."team-a"]',
+        'api_keys_env = "TEAM_A_KEYS"',
+        '[tenants."team-b"]',
+        'api_keys_env = "TEAM_B_KEYS"',
     ]
     for name, behaviour in models.items():
         lines += [f'[upstream.models."{name}"]', f'upstream_model = "{behaviour}-{name}"']
@@ -121,20 +183,36 @@ def write_config(path: Path, *, home: Path, upstream: str, models: dict[str, str
 class ServerProcess:
     """`router-ml serve` in its own process on a free loopback port."""
 
-    def __init__(self, config: Path, home: Path, tracking_uri: str) -> None:
+    def __init__(self, config: Path, home: Path, tracking_uri: str, env: dict[str, str] | None = None) -> None:
         self.config, self.home, self.tracking_uri = config, home, tracking_uri
+        self.env = env or {}
+        self.log = Path(tomllib.loads(config.read_text(encoding="utf-8"))["log"]["path"])
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120.0) -> ServerProcess:
+    def _command(self) -> tuple[list[str], dict[str, str]]:
         env = {
             **os.environ,
             "ROUTER_ML_HOME": str(self.home),
             "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "ROUTER_ML_API_KEYS": f"other-key,{API_KEY}",
+            "ROUTER_ML_API_KEYS": OTHER_KEY,
+            "TEAM_A_KEYS": API_KEY,
+            "TEAM_B_KEYS": TEAM_B_KEY,
+            "ROUTER_ML_ADMIN_KEYS": ADMIN_KEY,
+            **self.env,
         }
         cmd = [sys.executable, "-m", "router_ml.cli", "serve", "--config", str(self.config), "--port", str(self.port)]
+        return cmd, env
+
+    def fails_to_start(self, timeout: float = 120.0) -> tuple[int, str]:
+        """Run a server that is expected to refuse to start: its exit code and its standard error."""
+        cmd, env = self._command()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        return done.returncode, done.stderr
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        cmd, env = self._command()
         with open(self.home / "serve.err", "ab") as err:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + timeout
@@ -173,5 +251,45 @@ def running(config: Path, home: Path, tracking_uri: str) -> Iterator[ServerProce
         server.stop()
 
 
-def client(server: ServerProcess) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {API_KEY}"}, timeout=30.0)
+def decision_row(server: ServerProcess, decision_id: str) -> dict[str, object]:
+    """A decision's row in the service's log, read beside the running service (WAL lets a reader in)."""
+    with contextlib.closing(sqlite3.connect(f"file:{server.log}?mode=ro", uri=True)) as db:
+        db.row_factory = sqlite3.Row
+        found = db.execute(
+            "SELECT d.*, f.quality, f.cost_usd AS client_cost_usd FROM decisions d"
+            " LEFT JOIN feedback f USING (decision_id) WHERE decision_id = ?",
+            (decision_id,),
+        ).fetchone()
+    assert found is not None, f"no decision {decision_id} in the log"
+    return dict(found)
+
+
+def client(server: ServerProcess, key: str = API_KEY) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {key}"}, timeout=30.0)
+
+
+@contextmanager
+def serving_champion(home: Path, artifact: PolicyArtifact, upstream: str, **options: Any) -> Iterator[ServerProcess]:
+    """``artifact`` as the champion of a fresh store under ``home``, served with every catalog model on the fake
+    upstream answering ``ok``; ``options`` go to :func:`write_config`."""
+    uri, _ = champion(home, artifact)
+    config = write_config(
+        home / "serve.toml", home=home, upstream=upstream, models=dict.fromkeys(MODELS, "ok"), **options
+    )
+    with running(config, home, uri) as server:
+        yield server
+
+
+def mount_tmpfs(where: Path, *options: str) -> bool:
+    """Mount a 4 MiB tmpfs at ``where`` (a small real disk to fill, or to mount read-only); False where not allowed."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(("size=4m", *options)), "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def unmount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], check=False)

@@ -22,15 +22,9 @@ from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark, load_logs
 from router_ml.fullinfo import FullInfo
 from router_ml.registry import PolicyRegistry
-from tests.servekit import API_KEY, MODELS, FakeUpstream, ServerProcess, client, write_config
+from tests.servekit import ADMIN_KEY, API_KEY, MODELS, FakeUpstream, ServerProcess, champion, client, write_config
 
 SNAPSHOT_EVERY = 20
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +32,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, policy_artifact: PolicyArtifact, upstream: FakeUpstream
 ) -> Iterator[tuple[ServerProcess, PolicyRegistry]]:
     home = tmp_path_factory.mktemp("serve-home")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    registry = PolicyRegistry(uri)
-    registry.log_version(policy_artifact, params={"lam": 0.05}, metrics={})
-    registry.promote("1")
+    uri, registry = champion(home, policy_artifact)
     behaviours = {"gpt-4o": "ok", "gemini-1.5-pro": "slow", "gemini-1.5-flash": "fail", "llama-3.1-8b-instruct": "ok"}
     extra = f"[learning]\nsnapshot_every_updates = {SNAPSHOT_EVERY}\nreload_poll_seconds = 1.0\n"
     config = write_config(home / "serve.toml", home=home, upstream=upstream.url, models=behaviours, extra=extra)
@@ -90,6 +81,9 @@ def test_every_endpoint_but_healthz_needs_a_bearer_key(stack: tuple[ServerProces
             r = httpx.request(method, f"{server.url}{path}", json=body, headers=headers)
             assert r.status_code == 401, (path, headers, r.status_code)
             assert API_KEY not in r.text and "other-key" not in r.text
+    # the spec and the interactive docs are off by default, whatever the key
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{server.url}{path}", headers={"authorization": f"Bearer {ADMIN_KEY}"}).status_code == 404
     # the second configured key works too
     r = httpx.post(f"{server.url}/v1/route", json={"prompt": "hi"}, headers={"authorization": "Bearer other-key"})
     assert r.status_code == 200
@@ -209,7 +203,8 @@ def test_openai_sdk_through_the_router_with_fallback_and_streaming(
     assert upstream.calls[-2:] == ["fail-gemini-1.5-flash", "ok-gpt-4o"]
     with client(server) as c:
         spend = c.get("/v1/spend").json()
-        assert spend["by_model"]["gpt-4o"] > 0
+        assert spend["tenant"] == "team-a" and spend["by_model"]["gpt-4o"] > 0
+    with client(server, ADMIN_KEY) as c:
         metrics = c.get("/metrics").text
     assert 'router_choices_total{model="' in metrics
     assert "router_request_seconds_bucket" in metrics and "router_spend_usd_total" in metrics
@@ -332,6 +327,7 @@ def test_hot_reload_when_the_champion_moves(
     wait_for(lambda: str(health(server)["policy_version"]).split("+")[0] == new.version, timeout=60)
     with client(server) as c:
         assert c.post("/v1/route", json={"prompt": "after the reload"}).json()["policy_version"] == new.version
+    with client(server, ADMIN_KEY) as c:
         assert "router_reloads_total 1.0" in c.get("/metrics").text
 
 
@@ -345,4 +341,6 @@ def test_export_logs_is_training_data(stack: tuple[ServerProcess, PolicyRegistry
     graded = logs.filter(pl.col("quality").is_not_null())
     assert graded.height >= SNAPSHOT_EVERY + 8 * 130
     assert set(logs["model"].unique()) <= set(MODELS)
-    assert logs.filter(pl.col("tenant") == "team-a").height == SNAPSHOT_EVERY
+    # a key's tenant is the decision's tenant: one route was made with the default tenant's key, the rest with team-a's
+    assert set(logs["tenant"].unique()) == {"team-a", "default"}
+    assert logs.filter(pl.col("tenant") == "default").height == 1

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from router_ml.cli import main
+from serve.auth import Keys, Principal
 from serve.config import ConfigError, ServeConfig
 
 
@@ -49,3 +50,29 @@ def test_serve_refuses_to_start_without_api_keys(
     monkeypatch.delenv("ROUTER_ML_API_KEYS", raising=False)
     assert main(["serve", "--port", "1"]) == 2
     assert "ROUTER_ML_API_KEYS" in capsys.readouterr().err
+
+
+def test_keys_map_to_one_tenant_or_admin_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = ServeConfig.from_dict({"tenants": {"team-a": {"api_keys_env": "TEAM_A_KEYS"}}})
+    monkeypatch.setenv("ROUTER_ML_API_KEYS", "k0")
+    monkeypatch.setenv("TEAM_A_KEYS", " k1 , k2 ")
+    monkeypatch.setenv("ROUTER_ML_ADMIN_KEYS", "boss")
+    keys = Keys(config)
+    assert keys.lookup("k1") == keys.lookup("k2") == Principal("team-a")
+    assert keys.lookup("k0") == Principal("default") and keys.lookup("boss") == Principal(None)
+    assert keys.lookup("k3") is None and keys.lookup("") is None
+    assert keys.tenants == ["default", "team-a"]
+    monkeypatch.setenv("ROUTER_ML_ADMIN_KEYS", "k1")
+    with pytest.raises(ConfigError, match="one role"):
+        Keys(config)
+    monkeypatch.setenv("ROUTER_ML_ADMIN_KEYS", "boss")
+    monkeypatch.delenv("ROUTER_ML_API_KEYS")
+    monkeypatch.delenv("TEAM_A_KEYS")
+    with pytest.raises(ConfigError, match="at least one tenant"):
+        Keys(config)  # an admin key alone cannot route
+
+
+@pytest.mark.parametrize("name", ["default", "", "a b", "x" * 65])
+def test_a_tenant_name_is_checked(name: str) -> None:
+    with pytest.raises(ConfigError, match="tenants"):
+        ServeConfig.from_dict({"tenants": {name: {"api_keys_env": "V"}}})

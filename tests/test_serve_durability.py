@@ -13,8 +13,7 @@ from router_ml.artifacts import PolicyArtifact
 from router_ml.contracts import load_benchmark
 from router_ml.decision_log import DecisionLog
 from router_ml.fullinfo import FullInfo
-from router_ml.registry import PolicyRegistry
-from tests.servekit import API_KEY, FakeUpstream, ServerProcess, write_config
+from tests.servekit import API_KEY, FakeUpstream, ServerProcess, champion, write_config
 
 
 def test_kill_9_during_feedback_load_loses_nothing_acknowledged(
@@ -24,10 +23,7 @@ def test_kill_9_during_feedback_load_loses_nothing_acknowledged(
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    registry = PolicyRegistry(uri)
-    registry.log_version(policy_artifact, params={}, metrics={})
-    registry.promote("1")
+    uri, _ = champion(home, policy_artifact)
     prompts = FullInfo.from_benchmark(load_benchmark(small_benchmark)).prompts[:30]
     with FakeUpstream() as upstream:
         # no snapshot before the kill: the restart must recover the updates from the log alone
