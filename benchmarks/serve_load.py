@@ -26,9 +26,9 @@ from _machine import machine, summary
 
 from router_ml import settings
 from router_ml.artifacts import PolicyArtifact
-from router_ml.cost_model import estimate_tokens
 from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark
+from router_ml.cost_model import estimate_tokens
 from router_ml.decision_log import DecisionLog, DecisionRecord, new_decision_id
 from router_ml.embed import BACKENDS, DEFAULT_BACKEND, Embedder, build_encoder
 from router_ml.features import FeatureConfig
