@@ -8,9 +8,10 @@ back. From those graded decisions alone, :class:`LiveSavings` keeps, per request
   ``q_hat(ref) + 1[a = ref] / p * (q - q_hat(ref))`` and the same for cost, where ``p`` is the logged propensity;
 * their paired differences, router minus reference, term by term.
 
-``q_hat(ref)`` is the mean quality of the reference's graded decisions *before* this one (a progressive, context-free
-reward model; it never sees the event it corrects, so each term is unbiased given the past), and ``c_hat(ref)`` the
-cost model's price for the reference on the prompt. Each figure is a running mean with a 95% interval from the
+``q_hat(ref)`` is the mean quality of the reference's graded decisions *before* this one (before the first, the mean of
+every earlier grade; before any, 0.5): a progressive, context-free reward model that never sees the event it
+corrects, so each term is unbiased given the past. ``c_hat(ref)`` is the cost model's price for the reference on the
+prompt. Each figure is a running mean with a 95% interval from the
 terms' running variance (the CLT, like :mod:`router_ml.estimators`). Decisions whose candidates left the reference
 out say nothing about it and are skipped; the estimate is only as good as the logged propensities, and it needs
 the router to explore the reference now and then (SquareCB does).
@@ -95,6 +96,7 @@ class LiveSavings:
     alpha: float = 0.05
     _ref_sum: float = 0.0
     _ref_n: int = 0
+    _all_sum: float = 0.0
     _acc: dict[str, _Running] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -120,7 +122,8 @@ class LiveSavings:
         if not reference_offered:
             return
         with self._lock:
-            q_hat = self._ref_sum / self._ref_n if self._ref_n else quality
+            seen = self._acc["q"].n
+            q_hat = self._ref_sum / self._ref_n if self._ref_n else (self._all_sum / seen if seen else 0.5)
             chosen = model == self.reference
             q_ref = q_hat + (quality - q_hat) / propensity if chosen else q_hat
             cost = cost_usd * 1000.0
@@ -138,6 +141,7 @@ class LiveSavings:
                 ("c_saved", c_ref - cost),
             ):
                 self._acc[key].add(value)
+            self._all_sum += quality
             if chosen:
                 self._ref_sum += quality
                 self._ref_n += 1

@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router_ml.budget import DualLambda
+from router_ml.budget import DualLambda, QualityFloor
 from router_ml.cost_model import estimate_tokens
 from router_ml.decision_log import (
     AnswerInFlight,
@@ -51,8 +51,10 @@ from router_ml.decision_log import (
     UnknownDecision,
     new_decision_id,
 )
+from router_ml.operating import OperatingPoint
 from router_ml.registry import PolicyRegistry
 from router_ml.router import Router
+from router_ml.savings import LiveSavings
 from serve.auth import Keys, Principal
 from serve.config import ConfigError, ServeConfig
 from serve.learner import OnlineLearner, resolve_start
@@ -193,15 +195,35 @@ class Service:
     metrics: Metrics
     budget: DualLambda | None
     keys: Keys
+    floor: QualityFloor | None = None
 
     @property
     def router(self) -> Router:
         return self.learner.router
 
+    def floor_factor(self) -> float:
+        """The quality floor's factor on the cost weight, checked against the live savings estimate (1 without one)."""
+        if self.floor is None:
+            return 1.0
+        report = self.learner.savings.report()
+        return self.floor.check(report.n, report.quality_diff.low, report.quality_diff.high)
+
+    def moved(self, lam: float) -> float:
+        """A cost weight as served: ``floor factor x (lam + the budget's multiplier)``."""
+        return self.floor_factor() * (lam + (self.budget.mu if self.budget is not None else 0.0))
+
     def effective_lambda(self, requested: float | None) -> float:
-        """The request's lambda (else the policy's), plus the budget's multiplier."""
-        lam = self.router.policy.config.lam if requested is None else requested
-        return lam + (self.budget.mu if self.budget is not None else 0.0)
+        """The request's lambda (else the policy's), moved by the budget and the quality floor."""
+        return self.moved(self.router.policy.config.lam if requested is None else requested)
+
+    def serving(self, requested: float | None) -> tuple[float | None, OperatingPoint | None]:
+        """What a decision serves: a request's own lambda is the router alone at it; otherwise the policy's operating
+        point, with every router arm's lam moved by the budget and the quality floor (unchanged when neither acts)."""
+        if requested is not None:
+            return self.moved(requested), None
+        point = self.router.policy.operating
+        moved = point.map_lams(self.moved)
+        return None, (None if moved == point else moved)
 
     def cost_bound(self, model: str, prompt: str) -> float:
         """The most one call of ``model`` on ``prompt`` can cost: its catalog prices for as many input tokens as the
@@ -221,11 +243,12 @@ class Service:
             if unknown:
                 raise HTTPException(422, f"'candidates': model(s) not in the catalog: {unknown[:5]}")
         effective = self.effective_lambda(lam)
+        at_lam, point = self.serving(lam)
         tokens = estimate_tokens(prompt)
         embedding = await run_in_threadpool(router.embed, prompt)
         decision_id = new_decision_id()
         decision, version = await self.learner.decide(
-            decision_id, embedding, candidates=candidates, lam=effective, prompt_tokens=tokens
+            decision_id, embedding, candidates=candidates, lam=at_lam, point=point, prompt_tokens=tokens
         )
         catalog = router.policy.catalog
         est = router.expected_cost_per_1k(tokens)[catalog.index(decision.model)] / 1000.0
@@ -303,7 +326,14 @@ def build_service(config: ServeConfig, *, transport: httpx.AsyncBaseTransport | 
         router = Router.from_artifact(loaded.artifact, version=loaded.version)
     alias = None if Path(ref).is_dir() or ref.isdigit() else ref
     metrics = Metrics(tenants=keys.tenants, models=router.policy.catalog.names)
-    learner = OnlineLearner(loaded, router, decision_log, registry, config.learning, metrics, alias=alias)
+    catalog = router.policy.catalog
+    reference = config.savings.reference or max(catalog.models, key=lambda m: m.blended_usd_per_mtok).name
+    if reference not in catalog:
+        raise ConfigError(f"config: 'savings.reference' {reference!r} is not in the policy's catalog")
+    savings = LiveSavings(reference, alpha=1 - config.savings.level)
+    learner = OnlineLearner(
+        loaded, router, decision_log, registry, config.learning, metrics, alias=alias, savings=savings
+    )
     with _starting("replaying the decision log"):
         caught_up = learner.start(loaded)
     if caught_up:
@@ -313,7 +343,13 @@ def build_service(config: ServeConfig, *, transport: httpx.AsyncBaseTransport | 
     )
     target = config.budget.target_usd_per_1k
     budget = DualLambda(target, config.budget.step) if target is not None else None
-    return Service(config, learner, decision_log, forwarder, metrics, budget, keys)
+    t = config.target
+    floor = (
+        QualityFloor(t.quality_floor, t.floor_step, t.floor_min_graded, t.floor_every)
+        if t.quality_floor is not None
+        else None
+    )
+    return Service(config, learner, decision_log, forwarder, metrics, budget, keys, floor)
 
 
 # -- middleware ---------------------------------------------------------------------------------
@@ -635,8 +671,20 @@ def create_app(service: Service) -> FastAPI:
             "budget_usd_per_1k": service.config.budget.target_usd_per_1k,
         }
 
+    @app.get("/v1/savings", dependencies=[Depends(_admin_key)])
+    async def savings() -> dict[str, Any]:
+        """Admin key: the router against the reference model on the graded decisions so far (doubly robust, with
+        intervals; costs in USD per 1,000 requests), and the quality floor's factor."""
+        return service.learner.savings.report().to_dict() | {
+            "quality_floor": service.config.target.quality_floor,
+            "floor_factor": service.floor_factor(),
+            "lambda": service.effective_lambda(None),
+            "operating_point": service.router.policy.operating.label,
+        }
+
     @app.get("/metrics", dependencies=[Depends(_admin_key)])
     async def prometheus() -> Response:
+        metrics.show_savings(service.learner.savings.report(), service.floor_factor())
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     if server.openapi:
@@ -649,7 +697,7 @@ def create_app(service: Service) -> FastAPI:
 
 
 _PATHS = frozenset(
-    {"/healthz", "/readyz", "/v1/route", "/v1/feedback", "/v1/chat/completions", "/v1/spend", "/metrics"}
+    {"/healthz", "/readyz", "/v1/route", "/v1/feedback", "/v1/chat/completions", "/v1/spend", "/v1/savings", "/metrics"}
 )
 
 

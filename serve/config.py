@@ -34,6 +34,16 @@
     target_usd_per_1k = 0.5   # omit for no budget
     step = 0.01
 
+    [savings]                 # the live estimate of GET /v1/savings and the router_savings_* gauges
+    reference = "gpt-4o"      # the model the router is compared with; default: the catalog's most expensive
+    level = 0.95              # the intervals' confidence level
+
+    [target]
+    quality_floor = 0.01      # omit for none: keep the router's quality at most this far below the reference's
+    floor_step = 0.2          # how far each check moves the cost weight (see router_ml.budget.QualityFloor)
+    floor_min_graded = 200    # graded decisions before the floor acts
+    floor_every = 50          # graded decisions between two checks
+
     [upstream]
     endpoint = "https://api.openai.com/v1"   # default for every model
     api_key_env = "OPENAI_API_KEY"
@@ -121,6 +131,20 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class SavingsConfig:
+    reference: str | None = None
+    level: float = 0.95
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    quality_floor: float | None = None
+    floor_step: float = 0.2
+    floor_min_graded: int = 200
+    floor_every: int = 50
+
+
+@dataclass(frozen=True)
 class UpstreamModel:
     endpoint: str | None = None
     api_key_env: str | None = None
@@ -144,6 +168,8 @@ class ServeConfig:
     log: LogConfig = field(default_factory=LogConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    savings: SavingsConfig = field(default_factory=SavingsConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     tenants: dict[str, TenantConfig] = field(default_factory=dict)
 
@@ -183,6 +209,8 @@ class ServeConfig:
             log=_section(LogConfig, doc.get("log", {}), "log"),
             learning=_section(LearningConfig, doc.get("learning", {}), "learning"),
             budget=_section(BudgetConfig, doc.get("budget", {}), "budget"),
+            savings=_section(SavingsConfig, doc.get("savings", {}), "savings"),
+            target=_section(TargetConfig, doc.get("target", {}), "target"),
             upstream=_section(UpstreamConfig, {**upstream, "models": models}, "upstream"),
         )
         config.check()
@@ -206,6 +234,19 @@ class ServeConfig:
         }
         if self.budget.target_usd_per_1k is not None:
             positive["budget.target_usd_per_1k"] = self.budget.target_usd_per_1k
+        if self.target.quality_floor is not None:
+            positive |= {
+                "target.floor_min_graded": self.target.floor_min_graded,
+                "target.floor_every": self.target.floor_every,
+            }
+            if not (math.isfinite(self.target.quality_floor) and 0 <= self.target.quality_floor <= 1):
+                raise ConfigError(f"config: 'target.quality_floor' must lie in [0, 1], got {self.target.quality_floor}")
+            if self.target.floor_min_graded < 2:
+                raise ConfigError(f"config: 'target.floor_min_graded' must be >= 2, got {self.target.floor_min_graded}")
+            if not 0 < self.target.floor_step < 1:
+                raise ConfigError(f"config: 'target.floor_step' must lie in (0, 1), got {self.target.floor_step}")
+        if not 0.5 <= self.savings.level < 1:
+            raise ConfigError(f"config: 'savings.level' must lie in [0.5, 1), got {self.savings.level}")
         for name, value in positive.items():
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"config: '{name}' must be > 0, got {value}")

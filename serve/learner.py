@@ -33,9 +33,11 @@ from router_ml.artifacts import PolicyArtifact
 from router_ml.bounded import ByteLRU
 from router_ml.cost_model import estimate_tokens
 from router_ml.decision_log import CostBound, DecisionLog, GradedDecision
+from router_ml.operating import OperatingPoint
 from router_ml.policy import Decision
 from router_ml.registry import PolicyRegistry, VersionInfo
 from router_ml.router import Router
+from router_ml.savings import LiveSavings
 from serve.config import LearningConfig
 from serve.metrics import Metrics
 
@@ -78,8 +80,11 @@ class OnlineLearner:
         metrics: Metrics,
         *,
         alias: str | None,
+        savings: LiveSavings,
     ) -> None:
         self.router = router
+        self.savings = savings
+        self._savings_seq = 0  # the savings estimate holds every grade up to this sequence number
         self.log = decision_log
         self.registry = registry
         self.config = config
@@ -117,13 +122,15 @@ class OnlineLearner:
         *,
         candidates: Sequence[str] | None,
         lam: float | None,
+        point: OperatingPoint | None = None,
         prompt_tokens: int,
     ) -> tuple[Decision, str]:
-        """Sample a model on the policy thread; returns the decision and the version that made it."""
+        """Sample a model on the policy thread (the router alone at ``lam``, else ``point``, else the policy's
+        operating point); returns the decision and the version that made it."""
 
         def run() -> tuple[Decision, str]:
             decision = self.router.decide(
-                embedding, self._rng, candidates=candidates, lam=lam, prompt_tokens=prompt_tokens
+                embedding, self._rng, candidates=candidates, lam=lam, point=point, prompt_tokens=prompt_tokens
             )
             self._memo.put(decision_id, embedding)
             return decision, self.version
@@ -176,9 +183,33 @@ class OnlineLearner:
                 self.metrics.updates.set(self.router.policy.updates - self._updates_at_version)
         except Exception:  # a bad row must not stop the learner; the log keeps it for offline training
             log.exception("online update failed for decision %s", graded.decision_id)
+        self._count_savings(graded)
         self._seq = graded.seq
         self._maybe_snapshot(by_time=False)
         return True
+
+    def _count_savings(self, graded: GradedDecision) -> None:
+        """On the policy thread: fold one grade into the live savings estimate, once (a reload's replay skips it)."""
+        if graded.seq <= self._savings_seq:
+            return
+        self._savings_seq = graded.seq
+        catalog = self.router.policy.catalog
+        if not graded.learnable or self.savings.reference not in catalog:
+            return
+        try:
+            ref_cost = self.router.expected_cost_per_1k(estimate_tokens(graded.prompt))[
+                catalog.index(self.savings.reference)
+            ]
+            self.savings.observe(
+                graded.model,
+                graded.propensity,
+                graded.quality,
+                graded.cost_usd,
+                reference_offered=self.savings.reference in graded.candidates,
+                reference_cost_per_1k=float(ref_cost),
+            )
+        except ValueError:
+            log.exception("savings: grade of decision %s not counted", graded.decision_id)
 
     def catch_up(self, after_seq: int) -> int:
         """On the policy thread: the model holds feedback up to ``after_seq``; learn what the log has after it.
@@ -271,8 +302,18 @@ class OnlineLearner:
         self.catch_up(start_seq(self.log, loaded))
 
     def start(self, loaded: Loaded) -> int:
-        """Before serving: learn what the log holds beyond the loaded version. Returns how many updates."""
-        return self._policy.submit(self.catch_up, start_seq(self.log, loaded)).result()
+        """Before serving: count the log's grades in the savings estimate and learn what the log holds beyond the
+        loaded version. Returns how many updates."""
+        after = start_seq(self.log, loaded)
+
+        def run() -> int:
+            for graded in self.log.graded_since(0):
+                if graded.seq > after:
+                    break
+                self._count_savings(graded)
+            return self.catch_up(after)
+
+        return self._policy.submit(run).result()
 
     def close(self) -> None:
         """Finish queued updates and registry work."""

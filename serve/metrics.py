@@ -7,9 +7,12 @@ traffic, whatever clients send.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from router_ml.savings import SavingsReport
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0)
@@ -37,6 +40,30 @@ class Metrics:
         self.snapshots = Counter("router_snapshots", "policy snapshots registered in MLflow", registry=r)
         self.reloads = Counter("router_reloads", "policy reloads after the alias moved", registry=r)
         self.lam = Gauge("router_lambda", "effective cost weight (lambda plus the budget multiplier)", registry=r)
+        self.savings = Gauge(
+            "router_savings",
+            "live doubly robust estimate against the reference model (figure: quality_diff, saved_usd_per_1k, "
+            "router_quality, reference_quality; bound: value, low, high)",
+            ["figure", "bound"],
+            registry=r,
+        )
+        self.graded = Gauge("router_savings_graded", "graded decisions in the savings estimate", registry=r)
+        self.floor = Gauge("router_quality_floor_factor", "the quality floor's factor on the cost weight", registry=r)
+
+    def show_savings(self, report: SavingsReport, floor_factor: float) -> None:
+        """Set the savings gauges from a report (unbounded interval ends are left out)."""
+        figures = {
+            "quality_diff": report.quality_diff,
+            "saved_usd_per_1k": report.saved_per_1k,
+            "router_quality": report.router_quality,
+            "reference_quality": report.reference_quality,
+        }
+        for name, e in figures.items():
+            for bound, value in (("value", e.value), ("low", e.low), ("high", e.high)):
+                if math.isfinite(value):
+                    self.savings.labels(name, bound).set(value)
+        self.graded.set(report.n)
+        self.floor.set(floor_factor)
 
     def model(self, name: str) -> str:
         """``name`` as a label: a catalog model, else ``other``."""

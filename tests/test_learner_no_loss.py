@@ -30,6 +30,7 @@ from router_ml.fullinfo import FullInfo
 from router_ml.policy import Policy
 from router_ml.registry import PolicyRegistry, VersionInfo
 from router_ml.router import Router
+from router_ml.savings import LiveSavings
 from serve.config import LearningConfig
 from serve.learner import TAG_LOG, TAG_SEQ, OnlineLearner, resolve_start
 from serve.metrics import Metrics
@@ -81,7 +82,9 @@ class Harness:
     def _start(self) -> OnlineLearner:
         loaded = resolve_start(self.registry, "1", self.log)  # type: ignore[arg-type]
         router = Router(loaded.artifact.policy, self.embedder, loaded.version)
-        learner = OnlineLearner(loaded, router, self.log, self.registry, self.config, Metrics(), alias=None)  # type: ignore[arg-type]
+        learner = OnlineLearner(  # type: ignore[arg-type]
+            loaded, router, self.log, self.registry, self.config, Metrics(), alias=None, savings=LiveSavings("gpt-4o")
+        )
         learner.start(loaded)
         return learner
 

@@ -59,8 +59,8 @@ def test_decisions_without_the_reference_are_skipped_and_bad_grades_refused() ->
     live.observe("other", 0.5, 0.0, 0.001, reference_offered=True, reference_cost_per_1k=4.0)
     report = live.report()
     assert report.n == 2
-    # the first grade of the reference has no past to build a baseline from: its own outcome is the baseline
-    assert report.reference_quality.value == pytest.approx(1.0)
+    # no past to build the baseline from: 0.5, corrected by the first grade; then the reference's own mean (1.0)
+    assert report.reference_quality.value == pytest.approx((0.5 + (1.0 - 0.5) / 0.5 + 1.0) / 2)
     assert report.saved_per_1k.value == pytest.approx(((4.0 + (5.0 - 4.0) / 0.5) - 5.0 + (4.0 - 1.0)) / 2)
     for bad in ({"propensity": 0.0}, {"quality": 1.5}, {"cost_usd": float("nan")}):
         args = {"propensity": 0.5, "quality": 1.0, "cost_usd": 0.001} | bad
