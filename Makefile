@@ -22,11 +22,13 @@ $(STAMP):
 demo: setup
 	$(BIN)/router-ml demo $(ARGS)
 
-# The benchmark protocol on the shared data: 80/20 split by hash of prompt_id, online and offline bandit
-# policies over a lam sweep, reference routers, frontier plot. Outputs in .router-ml/bench/.
-BENCH := .router-ml/bench
+# The benchmark protocol (v2) on a full-information benchmark: 80/20 split by hash of prompt_id, operating points
+# chosen on TRAIN (3 seeds x 3 folds), one replay on TEST, reference routers and the single-model hull, frontier
+# plot. Outputs in .router-ml/bench/<benchmark>/. Another benchmark: make benchmark DATA=../shared/data/alpaca_eval.parquet
+DATA ?= ../shared/data/mmlu_pro.parquet
+BENCH = .router-ml/bench/$(basename $(notdir $(DATA)))
 benchmark: setup
-	$(BIN)/router-ml split --train-out $(BENCH)/train.parquet --test-out $(BENCH)/test.parquet
+	$(BIN)/router-ml split --benchmark $(DATA) --train-out $(BENCH)/train.parquet --test-out $(BENCH)/test.parquet
 	$(BIN)/router-ml benchmark --train $(BENCH)/train.parquet --test $(BENCH)/test.parquet \
 		--json $(BENCH)/benchmark.json --plot $(BENCH)/frontier.png $(ARGS)
 

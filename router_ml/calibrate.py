@@ -46,7 +46,7 @@ FitFold = Callable[[Ints], Policy]
 """Learns a policy on the given event rows (the calibration's folds call it once each)."""
 
 RELATIVE_LAMS: tuple[float, ...] = (0.0, *np.geomspace(1e-3, 10.0, 60).tolist())
-"""The sweep, in units of ``1 / (the reference's cost per 1,000 requests)``."""
+"""The sweep, in units of ``1 / (the best single model's estimated cost per 1,000 requests)``."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,101 @@ class _Arms:
         return out
 
 
+class Calibrator:
+    """The expensive part of calibration, done once per logs: the reward models, every single model's estimates, and
+    the out-of-fold choices of the router at every ``lam``. :meth:`report` then meets any number of targets."""
+
+    def __init__(
+        self,
+        events: LoggedEvents,
+        embeddings: npt.NDArray[np.float32],
+        fit: FitFold,
+        *,
+        folds: int = 3,
+        relative_lams: Sequence[float] = RELATIVE_LAMS,
+        reward_model: RewardModelConfig | None = None,
+    ) -> None:
+        if embeddings.shape[0] != events.n:
+            raise ValueError(f"calibrate: 'embeddings' has {embeddings.shape[0]} rows, the events {events.n}")
+        k = len(events.models)
+        self.events, self.folds = events, folds
+        self.always = [j for j in range(k) if events.offered[:, j].all()]
+        if not self.always:
+            raise ValueError("calibrate: no model was offered on every logged decision, so none can be the reference")
+        featurizer = Featurizer.fit(embeddings, FeatureConfig())
+        cfg = reward_model or RewardModelConfig()
+        q_hat, c_hat = (
+            cross_fit_predict(featurizer, embeddings, events.actions, outcome, k, folds=2, config=cfg)
+            for outcome in (events.quality, events.cost_usd)
+        )
+        arms = _Arms(events, q_hat, c_hat)
+        self.singles = {Arm(model=events.models[j]): arms.of(arms.one_hot(np.full(events.n, j))) for j in self.always}
+        self.best = max(self.singles, key=lambda a: (self.singles[a][0].value, -self.singles[a][1].value))
+        scale = self.singles[self.best][1].value
+        lams = [x / (scale if scale > 0 else 1.0) for x in relative_lams]
+        choices = out_of_fold_choices(events, embeddings, fit, lams, prompt_folds(events.prompts, folds))
+        routers = {Arm(lam=lam): arms.of(arms.one_hot(choices[i])) for i, lam in enumerate(lams)}
+        self.linear = {**self.singles, **routers}
+        self.values = [ArmValue(a, q.value, c.value) for a, (q, c) in self.linear.items()]
+
+    def estimates(self, point: OperatingPoint) -> tuple[Linearization, Linearization]:
+        """DR linearizations of the point's quality and cost (USD per 1k): its arms', mixed by its weights."""
+        parts = list(zip(point.weights, point.arms))
+        q = Linearization.combine("dr", [(w, self.linear[a][0]) for w, a in parts])
+        c = Linearization.combine("dr", [(w, self.linear[a][1]) for w, a in parts])
+        return q, c
+
+    def report(self, target: Target, *, confidence: float = 0.5, alpha: float = 0.05) -> CalibrationReport:
+        """The operating point that meets ``target`` (see the module docstring), with its estimates."""
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"calibrate: 'confidence' must lie in [0.5, 1), got {confidence}")
+        models = self.events.models
+        if target.reference is not None and target.reference not in models:
+            raise ValueError(f"calibrate: the target's reference model {target.reference!r} is not in the catalog")
+        if target.reference is not None and models.index(target.reference) not in self.always:
+            raise ValueError(
+                f"calibrate: reference model {target.reference!r} was not offered on every logged decision"
+            )
+        ref_arm = Arm(model=target.reference) if target.reference is not None else self.best
+        ref_q, ref_c = self.singles[ref_arm]
+        goal = target.goal(ref_q.value, ref_c.value)
+        chosen = choose(self.values, target.kind, goal)
+        z = NormalDist().inv_cdf(confidence)
+        if target.kind == "quality" and z > 0:
+            for _ in range(3):  # the margin depends on the point; a few fixed-point steps settle it
+                q, _c = self.estimates(chosen.point)
+                gap = Linearization.combine("dr", [(1.0, q), (-target.value, ref_q)])
+                se = float(gap.influence.std(ddof=1)) / np.sqrt(gap.n)
+                raised = choose(self.values, target.kind, goal + z * se)
+                if raised.point == chosen.point:
+                    break
+                chosen = raised
+            chosen = chosen if chosen.met else choose(self.values, target.kind, goal)
+        q, c = self.estimates(chosen.point)
+        if target.kind == "quality":
+            shortfall = Linearization.combine("dr", [(1.0, q), (-target.value, ref_q)]).estimate(alpha)
+            confident = chosen.met and shortfall.low >= 0
+        else:
+            confident = chosen.met and c.estimate(alpha).high <= goal
+        return CalibrationReport(
+            target=target.label,
+            reference=ref_arm.model or "",
+            point=chosen.point,
+            met=chosen.met,
+            confident=confident,
+            confidence=confidence,
+            n_events=self.events.n,
+            folds=self.folds,
+            level=1.0 - alpha,
+            quality=q.estimate(alpha),
+            cost_per_1k=c.estimate(alpha),
+            reference_quality=ref_q.estimate(alpha),
+            reference_cost_per_1k=ref_c.estimate(alpha),
+            quality_diff=Linearization.combine("dr difference", [(1.0, q), (-1.0, ref_q)]).estimate(alpha),
+            cost_diff_per_1k=Linearization.combine("dr difference", [(1.0, c), (-1.0, ref_c)]).estimate(alpha),
+        )
+
+
 def calibrate(
     events: LoggedEvents,
     embeddings: npt.NDArray[np.float32],
@@ -204,82 +299,7 @@ def calibrate(
     reward_model: RewardModelConfig | None = None,
 ) -> CalibrationReport:
     """Choose the operating point that meets ``target`` on ``events`` (see the module docstring)."""
-    if not 0.5 <= confidence < 1.0:
-        raise ValueError(f"calibrate: 'confidence' must lie in [0.5, 1), got {confidence}")
-    if embeddings.shape[0] != events.n:
-        raise ValueError(f"calibrate: 'embeddings' has {embeddings.shape[0]} rows, the events {events.n}")
-    k = len(events.models)
-    always = [j for j in range(k) if events.offered[:, j].all()]
-    if target.reference is not None and target.reference not in events.models:
-        raise ValueError(f"calibrate: the target's reference model {target.reference!r} is not in the catalog")
-    if target.reference is not None and events.models.index(target.reference) not in always:
-        raise ValueError(f"calibrate: reference model {target.reference!r} was not offered on every logged decision")
-    if not always:
-        raise ValueError("calibrate: no model was offered on every logged decision, so none can be the reference")
-
-    featurizer = Featurizer.fit(embeddings, FeatureConfig())
-    cfg = reward_model or RewardModelConfig()
-    q_hat, c_hat = (
-        cross_fit_predict(featurizer, embeddings, events.actions, outcome, k, folds=2, config=cfg)
-        for outcome in (events.quality, events.cost_usd)
+    calibrator = Calibrator(
+        events, embeddings, fit, folds=folds, relative_lams=relative_lams, reward_model=reward_model
     )
-    arms = _Arms(events, q_hat, c_hat)
-    singles = {Arm(model=events.models[j]): arms.of(arms.one_hot(np.full(events.n, j))) for j in always}
-    if target.reference is not None:
-        ref_arm = Arm(model=target.reference)
-    else:
-        ref_arm = max(singles, key=lambda a: (singles[a][0].value, -singles[a][1].value))
-    ref_q, ref_c = singles[ref_arm]
-    scale = ref_c.value if ref_c.value > 0 else 1.0
-    lams = [x / scale for x in relative_lams]
-
-    fold = prompt_folds(events.prompts, folds)
-    choices = out_of_fold_choices(events, embeddings, fit, lams, fold)
-    routers = {Arm(lam=lam): arms.of(arms.one_hot(choices[i])) for i, lam in enumerate(lams)}
-    linear = {**singles, **routers}
-    values = [ArmValue(a, q.value, c.value) for a, (q, c) in linear.items()]
-    goal = target.goal(ref_q.value, ref_c.value)
-
-    def estimates(point: OperatingPoint) -> tuple[Linearization, Linearization]:
-        parts = list(zip(point.weights, point.arms))
-        q = Linearization.combine("dr", [(w, linear[a][0]) for w, a in parts])
-        c = Linearization.combine("dr", [(w, linear[a][1]) for w, a in parts])
-        return q, c
-
-    chosen = choose(values, target.kind, goal)
-    z = NormalDist().inv_cdf(confidence)
-    if target.kind == "quality" and z > 0:
-        for _ in range(3):  # the margin depends on the point; a few fixed-point steps settle it
-            q, _c = estimates(chosen.point)
-            gap = Linearization.combine("dr", [(1.0, q), (-target.value, ref_q)])
-            se = float(gap.influence.std(ddof=1)) / np.sqrt(gap.n)
-            raised = choose(values, target.kind, goal + z * se)
-            if raised.point == chosen.point:
-                break
-            chosen = raised
-        chosen = chosen if chosen.met else choose(values, target.kind, goal)
-    q, c = estimates(chosen.point)
-    quality_diff = Linearization.combine("dr difference", [(1.0, q), (-1.0, ref_q)]).estimate(alpha)
-    cost_diff = Linearization.combine("dr difference", [(1.0, c), (-1.0, ref_c)]).estimate(alpha)
-    if target.kind == "quality":
-        shortfall = Linearization.combine("dr", [(1.0, q), (-target.value, ref_q)]).estimate(alpha)
-        confident = chosen.met and shortfall.low >= 0
-    else:
-        confident = chosen.met and c.estimate(alpha).high <= goal
-    return CalibrationReport(
-        target=target.label,
-        reference=ref_arm.model or "",
-        point=chosen.point,
-        met=chosen.met,
-        confident=confident,
-        confidence=confidence,
-        n_events=events.n,
-        folds=folds,
-        level=1.0 - alpha,
-        quality=q.estimate(alpha),
-        cost_per_1k=c.estimate(alpha),
-        reference_quality=ref_q.estimate(alpha),
-        reference_cost_per_1k=ref_c.estimate(alpha),
-        quality_diff=quality_diff,
-        cost_diff_per_1k=cost_diff,
-    )
+    return calibrator.report(target, confidence=confidence, alpha=alpha)

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"benchmark Parquet (default ${settings.BENCHMARK_ENV} or the shared MMLU-Pro file)",
     )
     p.add_argument("--catalog", type=Path, default=None, help="default: <benchmark>_prices.csv, else estimated")
-    p.add_argument("--events-per-prompt", type=float, default=4.0)
+    p.add_argument("--events-per-prompt", type=float, default=12.0, help="uniformly logged events per TRAIN prompt")
     p.add_argument("--out", type=Path, default=None, help="output folder (default $ROUTER_ML_HOME/demo)")
     _target_flags(p)
     _policy_flags(p)

@@ -61,7 +61,12 @@ def default_benchmark() -> Path:
 
 def default_prices() -> Path:
     """The price list shipped beside the shared benchmark."""
-    return REPO_ROOT.parent / "shared" / "data" / "mmlu_pro_prices.csv"
+    return shared_data() / "mmlu_pro_prices.csv"
+
+
+def shared_data() -> Path:
+    """The shared data folder beside the repository (``../shared/data``)."""
+    return REPO_ROOT.parent / "shared" / "data"
 
 
 def default_catalog() -> Path:

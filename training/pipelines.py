@@ -13,7 +13,7 @@ import polars as pl
 from router_ml import settings
 from router_ml.artifacts import PolicyArtifact
 from router_ml.atomic import atomic_write_with
-from router_ml.calibrate import CalibrationReport, calibrate
+from router_ml.calibrate import CalibrationReport, Calibrator
 from router_ml.catalog import Catalog
 from router_ml.contracts import graded_only, load_benchmark, load_logs
 from router_ml.embed import DEFAULT_BACKEND, CachedEmbedder, Embedder, EmbeddingCache, build_encoder
@@ -86,17 +86,19 @@ def run_split(benchmark: Path, test_fraction: float, salt: str, train_out: Path,
 
 
 def catalog_for_benchmark(benchmark: Path, bench: pl.DataFrame, catalog: Path | None) -> Catalog:
-    """``catalog`` if given; else the first of ``<stem>_prices.csv`` beside the benchmark and the default catalog
-    that covers the benchmark's models; else prices estimated from the benchmark's own costs."""
+    """``catalog`` if given; else the first that covers the benchmark's models of: ``<stem>_prices.csv`` beside the
+    benchmark, the default catalog, and the shared price lists (``../shared/data/*_prices.csv``, so a split of a
+    shared benchmark keeps its list prices); else prices estimated from the benchmark's own costs."""
     if catalog is not None:
         return Catalog.load(catalog)
     models = set(bench["model"].unique().to_list())
-    prices = benchmark.with_name(f"{benchmark.stem}_prices.csv")
-    for found in (
-        Catalog.from_prices_csv(prices) if prices.exists() else None,
-        Catalog.load(settings.default_catalog()) if settings.default_catalog().exists() else None,
-    ):
-        if found is not None and models <= set(found.names):
+    beside = benchmark.with_name(f"{benchmark.stem}_prices.csv")
+    shared = sorted(settings.shared_data().glob("*_prices.csv")) if settings.shared_data().is_dir() else []
+    for source in [beside, settings.default_catalog(), *shared]:
+        if not source.exists():
+            continue
+        found = Catalog.load(source) if source.suffix == ".toml" else Catalog.from_prices_csv(source)
+        if models <= set(found.names):
             return Catalog(tuple(m for m in found.models if m.name in models))
     return Catalog.from_benchmark(bench)
 
@@ -110,6 +112,8 @@ class TrainOutcome:
     version: VersionInfo
     embedder: str
     calibration: CalibrationReport | None = None
+    calibrator: Calibrator | None = None
+    """What calibrated the version: it can meet more targets on the same logs (:meth:`Calibrator.report`)."""
 
 
 def run_train(
@@ -155,7 +159,7 @@ def run_train(
         warm_start=start.copy() if start else None,
         progress=progress,
     )
-    calibration = None
+    calibration, calibrator = None, None
     if target is not None:
         graded = graded_only(logs).graded
         events = LoggedEvents.from_logs(logs, catalog)
@@ -167,7 +171,8 @@ def run_train(
                 graded[rows], embeddings[rows], catalog, config, features, passes=passes, warm_start=fold
             )[0]
 
-        calibration = calibrate(events, embeddings, fit, target, folds=folds, confidence=confidence)
+        calibrator = Calibrator(events, embeddings, fit, folds=folds)
+        calibration = calibrator.report(target, confidence=confidence)
         policy = policy.at(calibration.point)
     artifact = PolicyArtifact(policy, embedder=enc.name, embedder_path=embedder.model_path, parent_version=parent)
     params: dict[str, Any] = {
@@ -219,4 +224,11 @@ def run_train(
         tags=tags,
         run_name=f"train-{calibration.target if calibration else f'lam{config.lam}'}",
     )
-    return TrainOutcome(policy=policy, report=report, version=version, embedder=enc.name, calibration=calibration)
+    return TrainOutcome(
+        policy=policy,
+        report=report,
+        version=version,
+        embedder=enc.name,
+        calibration=calibration,
+        calibrator=calibrator,
+    )
