@@ -236,9 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="service TOML (default: all defaults)")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument(
+        "--role",
+        choices=["all", "router"],
+        default="all",
+        help="all: decide and learn (default); router: a replica on a shared log, learning left to router-ml learn",
+    )
+
+    p = sub.add_parser("learn", help="the single learner of router replicas on a shared decision log")
+    p.add_argument("--follow", action="store_true", required=True, help="learn from the log until stopped")
+    p.add_argument("--config", type=Path, default=None, help="the replicas' serve.toml (log, policy, learning)")
+    p.add_argument("--poll-seconds", type=float, default=0.5, help="how often to look for new grades")
 
     p = sub.add_parser("export-logs", help="write the service's decision log as logged-traffic Parquet for train")
-    p.add_argument("--log", type=Path, default=None, help="decision log (default: the service's)")
+    p.add_argument(
+        "--log", default=None, help="decision log: a SQLite file or a postgresql:// URL (default: the service's)"
+    )
     p.add_argument("-o", "--out", type=Path, required=True)
     p.add_argument("--include-fallback", action="store_true", help="keep decisions a fallback model answered")
     return parser
@@ -444,16 +457,22 @@ def _cmd_route(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from serve.app import run
 
-    run(str(args.config) if args.config else None, args.host, args.port)
+    run(str(args.config) if args.config else None, args.host, args.port, role=args.role)
+
+
+def _cmd_learn(args: argparse.Namespace) -> None:
+    from serve.follow import run
+
+    run(str(args.config) if args.config else None, poll_seconds=args.poll_seconds)
 
 
 def _cmd_export_logs(args: argparse.Namespace) -> None:
     from router_ml.decision_log import DecisionLog
 
-    path = args.log or settings.decision_log_path()
-    if not Path(path).exists():
-        raise FileNotFoundError(f"export-logs: no decision log at {path}")
-    decision_log = DecisionLog(path)
+    location = args.log or str(settings.decision_log_path())
+    if "://" not in location and not Path(location).exists():
+        raise FileNotFoundError(f"export-logs: no decision log at {location}")
+    decision_log = DecisionLog(location)
     try:
         frame = decision_log.export(args.out, include_fallback=args.include_fallback)
     finally:
@@ -474,6 +493,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "versions": _cmd_versions,
     "route": _cmd_route,
     "serve": _cmd_serve,
+    "learn": _cmd_learn,
     "export-logs": _cmd_export_logs,
 }
 

@@ -1,9 +1,12 @@
-"""The durable log of routing decisions and their feedback: SQLite in WAL mode, one commit per write.
+"""The durable log of routing decisions and their feedback, one commit per write, in SQLite or PostgreSQL.
 
-Why SQLite: a single file beside the service, transactions, a ``UNIQUE`` constraint that makes a second
-feedback for one decision impossible, and WAL mode, where a committed transaction survives the process
+Why SQLite by default: a single file beside the service, transactions, a ``UNIQUE`` constraint that makes a
+second feedback for one decision impossible, and WAL mode, where a committed transaction survives the process
 being killed at any instant (it is in the WAL file before ``commit`` returns). With ``synchronous=FULL``
-(the default) it also survives power loss, at one fsync per commit; ``normal`` drops that fsync.
+(the default) it also survives power loss, at one fsync per commit; ``normal`` drops that fsync. Router replicas
+that share one log use PostgreSQL (:mod:`router_ml.log_store`): the same statements, the same guarantees (a
+decision is committed before its answer leaves; the unique constraint lets one replica accept a grade; feedback
+sequence numbers are assigned in commit order, so the single learner reads them in order).
 
 Every decision row is what the policy knew when it chose: the prompt, the offered candidates, the
 sampled model and the probability it was sampled with, and the tenant whose key asked. A forwarded call
@@ -24,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -38,43 +39,12 @@ import polars as pl
 
 from router_ml.atomic import atomic_write_with
 from router_ml.contracts import validate_logs
+from router_ml.log_store import DuplicateRow, Durability, LogUnavailable, Session, Store, open_store
 
-Durability = Literal["full", "normal"]
 Outcome = Literal["answered", "cut", "disconnected", "failed"]
 CostBound = Callable[[str, str], float]
 """``(model, prompt) -> USD``: the most a call of ``model`` on ``prompt`` can cost."""
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    decision_id TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    tenant TEXT,
-    prompt TEXT NOT NULL,
-    model TEXT NOT NULL,
-    propensity REAL NOT NULL,
-    candidates TEXT NOT NULL,
-    distribution TEXT NOT NULL,
-    lam REAL NOT NULL,
-    policy_version TEXT NOT NULL,
-    est_cost_usd REAL NOT NULL,
-    answered_by TEXT,
-    cost_usd REAL,
-    input_tokens INTEGER,
-    output_tokens INTEGER,
-    outcome TEXT
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(decision_id),
-    received_at REAL NOT NULL,
-    quality REAL NOT NULL,
-    cost_usd REAL
-);
-"""
-
 
 class UnknownDecision(KeyError):
     """Feedback names a decision id the log has never seen."""
@@ -90,10 +60,6 @@ class AnswerInFlight(ValueError):
 
 class ClientCostRefused(ValueError):
     """A client-reported cost is not accepted for this decision; the message names ``cost_usd`` and why."""
-
-
-class LogUnavailable(RuntimeError):
-    """The log cannot be written or read now (disk full, read-only, locked, I/O error)."""
 
 
 @dataclass(frozen=True)
@@ -147,54 +113,41 @@ def new_decision_id() -> str:
 
 
 class DecisionLog:
-    """Decisions and feedback in one SQLite file. Thread-safe: one connection behind a lock."""
+    """Decisions and feedback in a SQLite file or a PostgreSQL database (``location``: a path or a
+    ``postgresql://`` URL). Thread-safe."""
 
-    def __init__(self, path: str | Path, durability: Durability = "full", *, busy_timeout: float = 5.0) -> None:
-        if durability not in ("full", "normal"):
-            raise ValueError(f"decision log: 'durability' must be 'full' or 'normal', got {durability!r}")
-        self.path = Path(path)
+    def __init__(
+        self, location: str | Path, durability: Durability = "full", *, busy_timeout: float = 5.0
+    ) -> None:
         self.fault: str | None = None
-        self._lock = threading.Lock()
+        self._store: Store = open_store(location, durability, busy_timeout=busy_timeout)
+        self.where = self._store.where
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={durability.upper()}")
-            self._db.executescript(_SCHEMA)
-            if "outcome" not in {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}:
-                self._db.execute("ALTER TABLE decisions ADD COLUMN outcome TEXT")  # a log from before outcomes
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
-            self.log_id: str = self._db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0]
-        except (OSError, sqlite3.Error) as exc:
-            raise LogUnavailable(f"decision log {self.path}: {exc}") from exc
+            self.log_id: str = self._store.migrate()
+        except LogUnavailable:
+            self._store.close()
+            raise
+
+    @property
+    def store(self) -> Store:
+        """The database the log lives in."""
+        return self._store
 
     def close(self) -> None:
-        """Close the connection (every write is already committed)."""
-        with self._lock:
-            self._db.close()
+        """Close the connections (every write is already committed)."""
+        self._store.close()
 
-    def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        """Run ``work`` under the lock, in one transaction if it writes; disk faults raise :class:`LogUnavailable`."""
-        with self._lock:
-            try:
-                if not write:
-                    result = work(self._db)
-                else:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = work(self._db)
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        if self._db.in_transaction:  # SQLite has already rolled back after some errors
-                            with contextlib.suppress(sqlite3.Error):
-                                self._db.execute("ROLLBACK")
-                        raise
-            except sqlite3.OperationalError as exc:
-                self.fault = str(exc)
-                raise LogUnavailable(f"decision log unavailable: {exc}") from exc
-            if write:
-                self.fault = None
-            return result
+    def _run(self, work: Callable[[Session], T], *, write: bool = True) -> T:
+        """Run ``work`` in one transaction (if it writes); faults raise :class:`LogUnavailable` and set :attr:`fault`
+        until a write succeeds again."""
+        try:
+            result: T = self._store.run(work, write=write)
+        except LogUnavailable as exc:
+            self.fault = str(exc).removeprefix("decision log unavailable: ")
+            raise
+        if write:
+            self.fault = None
+        return result
 
     # -- writes ---------------------------------------------------------------------------------
     def record_decision(self, d: DecisionRecord) -> None:
@@ -242,11 +195,12 @@ class DecisionLog:
     def interrupted(self) -> int:
         """Mark the calls still ``forwarding`` as ``interrupted`` (at start-up: the service stopped mid-call). No model
         is recorded as having answered them, so their grades are kept but not learned from."""
-        return self._run(
+        changed: int = self._run(
             lambda db: db.execute(
                 "UPDATE decisions SET outcome = 'interrupted', answered_by = '' WHERE outcome = 'forwarding'"
             ).rowcount
         )
+        return changed
 
     def record_feedback(
         self,
@@ -264,7 +218,8 @@ class DecisionLog:
         :class:`DuplicateFeedback`, :class:`AnswerInFlight` or :class:`ClientCostRefused`; none writes anything.
         """
 
-        def work(db: sqlite3.Connection) -> Sequence[Any]:
+        def work(db: Session) -> Sequence[Any]:
+            db.serialize()  # feedback sequence numbers in commit order: the learner reads them in that order
             found = db.execute(
                 "SELECT tenant, outcome, model, prompt FROM decisions WHERE decision_id = ?", (decision_id,)
             ).fetchone()
@@ -281,23 +236,29 @@ class DecisionLog:
                 raise ClientCostRefused(
                     f"'cost_usd': {cost_usd} USD is more than '{model}' can cost for this prompt (at most {bound:.6g})"
                 )
-            try:
-                db.execute(
-                    "INSERT INTO feedback (decision_id, received_at, quality, cost_usd) VALUES (?, ?, ?, ?)",
-                    (decision_id, time.time(), quality, cost_usd),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise DuplicateFeedback(f"decision '{decision_id}' already has feedback") from exc
+            if db.execute("SELECT 1 FROM feedback WHERE decision_id = ?", (decision_id,)).fetchone() is not None:
+                raise DuplicateFeedback(f"decision '{decision_id}' already has feedback")
+            db.execute(
+                "INSERT INTO feedback (decision_id, received_at, quality, cost_usd) VALUES (?, ?, ?, ?)",
+                (decision_id, time.time(), quality, cost_usd),
+            )
             row: Sequence[Any] = db.execute(_GRADED + " WHERE f.decision_id = ?", (decision_id,)).fetchone()
             return row
 
-        return _graded(self._run(work))
+        try:
+            return _graded(self._run(work))
+        except DuplicateRow as exc:  # a race the check above lost: the constraint still allows one grade
+            raise DuplicateFeedback(f"decision '{decision_id}' already has feedback") from exc
 
     def mark(self, key: str) -> int:
         """The feedback sequence number stored under ``key``, storing the current one the first time."""
 
-        def work(db: sqlite3.Connection) -> int:
-            db.execute("INSERT OR IGNORE INTO meta VALUES (?, (SELECT coalesce(max(seq), 0) FROM feedback))", (key,))
+        def work(db: Session) -> int:
+            db.execute(
+                "INSERT INTO meta VALUES (?, CAST((SELECT coalesce(max(seq), 0) FROM feedback) AS TEXT))"
+                " ON CONFLICT (key) DO NOTHING",
+                (key,),
+            )
             return int(db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
 
         return self._run(work)
@@ -305,7 +266,12 @@ class DecisionLog:
     def probe(self) -> str | None:
         """Try a small write now: None when the log takes writes, else the fault (for a readiness check)."""
         with contextlib.suppress(LogUnavailable):
-            self._run(lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (str(time.time()),)))
+            self._run(
+                lambda db: db.execute(
+                    "INSERT INTO meta VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(time.time()),),
+                )
+            )
         return self.fault
 
     # -- reads ----------------------------------------------------------------------------------
@@ -319,7 +285,7 @@ class DecisionLog:
     def counts(self) -> dict[str, int]:
         """Numbers of decisions and of feedback rows."""
 
-        def work(db: sqlite3.Connection) -> dict[str, int]:
+        def work(db: Session) -> dict[str, int]:
             n_dec = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
             n_fb = db.execute("SELECT count(*) FROM feedback").fetchone()[0]
             return {"decisions": int(n_dec), "feedback": int(n_fb)}
@@ -387,7 +353,7 @@ class DecisionLog:
 
     def export(self, path: str | Path, *, include_fallback: bool = False) -> pl.DataFrame:
         """Write the logged-traffic Parquet file ``router-ml train`` reads (validated, written atomically)."""
-        frame = validate_logs(self.to_frame(include_fallback=include_fallback), f"decision log {self.path}")
+        frame = validate_logs(self.to_frame(include_fallback=include_fallback), f"decision log {self.where}")
         atomic_write_with(path, lambda tmp: frame.write_parquet(tmp))
         return frame
 

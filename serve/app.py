@@ -23,9 +23,9 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import httpx
@@ -46,11 +46,11 @@ from router_ml.decision_log import (
     DecisionLog,
     DecisionRecord,
     DuplicateFeedback,
-    LogUnavailable,
     Outcome,
     UnknownDecision,
     new_decision_id,
 )
+from router_ml.log_store import LogUnavailable, redact
 from router_ml.operating import OperatingPoint
 from router_ml.registry import PolicyRegistry
 from router_ml.router import Router
@@ -68,6 +68,11 @@ MAX_LAMBDA = 1e6
 ROUTER_MODEL = "router"
 _BEARER = HTTPBearer(auto_error=False)  # module level: FastAPI resolves the (string) annotations in this namespace
 Text = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+Role = Literal["all", "router"]
+"""``all``: one process decides and learns (the default). ``router``: a replica that decides and commits grades while
+a single ``router-ml learn --follow`` process learns from the shared log."""
 
 
 class StartupError(ValueError):
@@ -196,6 +201,9 @@ class Service:
     budget: DualLambda | None
     keys: Keys
     floor: QualityFloor | None = None
+    role: Role = "all"
+    releases: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    """What the service holds until it closes (the learner lock)."""
 
     @property
     def router(self) -> Router:
@@ -297,6 +305,7 @@ class Service:
     async def close(self) -> None:
         await self.forwarder.aclose()
         await run_in_threadpool(self.learner.close)
+        self.releases.close()
         self.log.close()
 
 
@@ -312,13 +321,26 @@ def _starting(step: str) -> Iterator[None]:
         raise StartupError(f"serve: cannot start: {step}: {detail}") from exc
 
 
-def build_service(config: ServeConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> Service:
-    """Load the policy (catching up on the log), connect the log and the upstreams."""
+def build_service(
+    config: ServeConfig, *, transport: httpx.AsyncBaseTransport | None = None, role: Role = "all"
+) -> Service:
+    """Load the policy (catching up on the log), connect the log and the upstreams.
+
+    ``role`` ``all`` (the default) decides and learns, and holds the log's learner lock; ``router`` decides, commits
+    grades and serves the newest snapshot of the log's single learner (``router-ml learn --follow``)."""
     keys = Keys(config)
-    path = config.log.resolved_path()
-    with _starting(f"decision log {path}"):
-        decision_log = DecisionLog(path, config.log.durability, busy_timeout=config.log.busy_timeout_seconds)
-        decision_log.interrupted()
+    releases = contextlib.ExitStack()
+    decision_log = open_log(config)
+    if role == "all":
+        with _starting(f"decision log {decision_log.where}"):
+            sole_learner = releases.enter_context(decision_log.store.learner_lock())
+        if not sole_learner:
+            raise StartupError(
+                f"serve: cannot start: decision log {decision_log.where}: another process learns from it "
+                "(a service or router-ml learn); start replicas with --role router"
+            )
+        with _starting(f"decision log {decision_log.where}"):
+            decision_log.interrupted()
     ref = config.policy.ref
     with _starting(f"policy '{ref}'"):
         registry = PolicyRegistry(config.policy.tracking_uri or None)
@@ -326,13 +348,17 @@ def build_service(config: ServeConfig, *, transport: httpx.AsyncBaseTransport | 
         router = Router.from_artifact(loaded.artifact, version=loaded.version)
     alias = None if Path(ref).is_dir() or ref.isdigit() else ref
     metrics = Metrics(tenants=keys.tenants, models=router.policy.catalog.names)
-    catalog = router.policy.catalog
-    reference = config.savings.reference or max(catalog.models, key=lambda m: m.blended_usd_per_mtok).name
-    if reference not in catalog:
-        raise ConfigError(f"config: 'savings.reference' {reference!r} is not in the policy's catalog")
-    savings = LiveSavings(reference, alpha=1 - config.savings.level)
+    savings = LiveSavings(reference_model(config, router), alpha=1 - config.savings.level)
     learner = OnlineLearner(
-        loaded, router, decision_log, registry, config.learning, metrics, alias=alias, savings=savings
+        loaded,
+        router,
+        decision_log,
+        registry,
+        config.learning,
+        metrics,
+        alias=alias,
+        savings=savings,
+        learns=role == "all",
     )
     with _starting("replaying the decision log"):
         caught_up = learner.start(loaded)
@@ -349,7 +375,23 @@ def build_service(config: ServeConfig, *, transport: httpx.AsyncBaseTransport | 
         if t.quality_floor is not None
         else None
     )
-    return Service(config, learner, decision_log, forwarder, metrics, budget, keys, floor)
+    return Service(config, learner, decision_log, forwarder, metrics, budget, keys, floor, role, releases)
+
+
+def reference_model(config: ServeConfig, router: Router) -> str:
+    """The model the live savings estimate compares with: ``savings.reference``, else the catalog's dearest."""
+    catalog = router.policy.catalog
+    reference = config.savings.reference or max(catalog.models, key=lambda m: m.blended_usd_per_mtok).name
+    if reference not in catalog:
+        raise ConfigError(f"config: 'savings.reference' {reference!r} is not in the policy's catalog")
+    return reference
+
+
+def open_log(config: ServeConfig) -> DecisionLog:
+    """The configured decision log; a fault is one line naming it (a URL without its password)."""
+    location = config.log.location()
+    with _starting(f"decision log {redact(location)}"):
+        return DecisionLog(location, config.log.durability, busy_timeout=config.log.busy_timeout_seconds)
 
 
 # -- middleware ---------------------------------------------------------------------------------
@@ -716,7 +758,8 @@ def _count_fallbacks(metrics: Metrics, failures: list[Any]) -> None:
 
 
 async def _maintain(service: Service) -> None:
-    """Every second: a time-based snapshot if due; every ``reload_poll_seconds``: has the alias moved?"""
+    """Every second: a time-based snapshot if due; every ``reload_poll_seconds``: has the alias moved (and, for a
+    router replica, has the learner published a newer snapshot)?"""
     last_poll = time.monotonic()
     while True:
         await asyncio.sleep(1.0)
@@ -724,18 +767,21 @@ async def _maintain(service: Service) -> None:
             await service.learner.tick()
             if time.monotonic() - last_poll >= service.config.learning.reload_poll_seconds:
                 last_poll = time.monotonic()
-                if await run_in_threadpool(service.learner.poll_alias):
+                moved = await run_in_threadpool(service.learner.poll_alias)
+                if service.role == "router":
+                    moved = await run_in_threadpool(service.learner.refresh) or moved
+                if moved:
                     log.info("reloaded: now serving %s", service.learner.version)
         except Exception:  # the service keeps serving the policy it has
             log.exception("maintenance failed")
 
 
-def run(config_path: str | None, host: str | None = None, port: int | None = None) -> None:
+def run(config_path: str | None, host: str | None = None, port: int | None = None, role: Role = "all") -> None:
     """Build the service and serve it with uvicorn (``router-ml serve``); a start-up fault is one line and exit 2."""
     import uvicorn
 
     config = ServeConfig.load(config_path)
-    service = build_service(config)
+    service = build_service(config, role=role)
     uvicorn.run(
         create_app(service),
         host=host or config.server.host,

@@ -20,6 +20,7 @@
 
     [log]
     path = ".router-ml/serve/decisions.sqlite"
+    url = ""                  # or a shared PostgreSQL log: "postgresql://user:password@host:5432/router"
     durability = "full"       # "full": fsync per commit; "normal": survives a killed process, not power loss
     busy_timeout_seconds = 5.0   # how long a write waits for a lock held by another process, then 503
 
@@ -70,7 +71,7 @@ from typing import Any
 import tomllib
 
 from router_ml import settings
-from router_ml.decision_log import Durability
+from router_ml.log_store import Durability
 
 
 class ConfigError(ValueError):
@@ -107,12 +108,13 @@ class PolicySource:
 @dataclass(frozen=True)
 class LogConfig:
     path: str = ""
+    url: str = ""
     durability: Durability = "full"
     busy_timeout_seconds: float = 5.0
 
-    def resolved_path(self) -> Path:
-        """``path``, or ``$ROUTER_ML_HOME/serve/decisions.sqlite``."""
-        return Path(self.path) if self.path else settings.decision_log_path()
+    def location(self) -> str:
+        """``url`` (a shared PostgreSQL log), else ``path``, else ``$ROUTER_ML_HOME/serve/decisions.sqlite``."""
+        return self.url or str(Path(self.path) if self.path else settings.decision_log_path())
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,10 @@ class ServeConfig:
                 )
             if not tenant.api_keys_env:
                 raise ConfigError(f"config: 'tenants.{name}.api_keys_env' must name the variable holding its keys")
+        if self.log.url and not self.log.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("config: 'log.url' must be a postgresql:// URL (or leave it out for the SQLite file)")
+        if self.log.url and self.log.path:
+            raise ConfigError("config: 'log.url' and 'log.path' name two logs; give one")
         if self.log.durability not in ("full", "normal"):
             raise ConfigError(f"config: 'log.durability' must be 'full' or 'normal', got {self.log.durability!r}")
 

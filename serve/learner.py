@@ -11,6 +11,13 @@ snapshot is frozen on that thread together with its ``W`` (so its tags are exact
 during a replay, behind a slow or failed registration), and a restart (or a reload of a version this log
 produced) replays the feedback committed after the snapshot's ``W``. A queued update at or below ``W``
 (learned first by a replay) is skipped.
+
+Scaled out, the same class plays two roles on a shared log (:mod:`router_ml.log_store`): a router replica
+(``learns=False``) decides and commits grades but learns nothing; it counts new grades into its savings estimate
+and serves the newest snapshot the learner published (:meth:`OnlineLearner.refresh`). The single learner
+(:func:`follow`, ``router-ml learn --follow``) reads the grades from the log in sequence order
+(:meth:`OnlineLearner.follow_once`) and publishes snapshots. Whoever learns holds the log's learner lock, so two
+learners never both publish.
 """
 
 from __future__ import annotations
@@ -81,8 +88,10 @@ class OnlineLearner:
         *,
         alias: str | None,
         savings: LiveSavings,
+        learns: bool = True,
     ) -> None:
         self.router = router
+        self.learns = learns
         self.savings = savings
         self._savings_seq = 0  # the savings estimate holds every grade up to this sequence number
         self.log = decision_log
@@ -157,7 +166,8 @@ class OnlineLearner:
         """
         with self._seq_lock:
             graded = self.log.record_feedback(decision_id, quality, cost_usd, tenant=tenant, cost_bound=cost_bound)
-            self._policy.submit(self._learn, graded)
+            if self.learns:  # a router replica only commits: the learner reads it from the log
+                self._policy.submit(self._learn, graded)
         return graded
 
     def _learn(self, graded: GradedDecision) -> bool:
@@ -272,8 +282,12 @@ class OnlineLearner:
 
     # -- reloads --------------------------------------------------------------------------------
     async def tick(self) -> None:
-        """Periodic work: a time-based snapshot, then a check whether the alias moved."""
+        """Periodic work: a time-based snapshot if one is due."""
         await self._on_policy(lambda: self._maybe_snapshot(by_time=True))
+
+    def tick_now(self) -> None:
+        """:meth:`tick` from a plain thread (the learner process)."""
+        self._policy.submit(lambda: self._maybe_snapshot(by_time=True)).result()
 
     def poll_alias(self) -> bool:
         """On a worker thread: when the alias points at a new version, load it and swap it in. True if swapped."""
@@ -282,7 +296,12 @@ class OnlineLearner:
         info = self.registry.aliased(self.alias)
         if info is None or info.version == self._base:
             return False
-        loaded = resolve_start(self.registry, self.alias, self.log)
+        self._load(resolve_start(self.registry, self.alias, self.log))
+        return True
+
+    def _load(self, loaded: Loaded) -> None:
+        """On a worker thread: build the router of ``loaded`` (reusing the embedder when it is the same) and swap it
+        in on the policy thread, between two decisions."""
         same_embedder = loaded.artifact.embedder == self._artifact.embedder
         router = (
             Router(loaded.artifact.policy, self.router.embedder, loaded.version)
@@ -291,7 +310,6 @@ class OnlineLearner:
         )
         self._policy.submit(self._swap, loaded, router).result()
         self.metrics.reloads.inc()
-        return True
 
     def _swap(self, loaded: Loaded, router: Router) -> None:
         _serving(router)
@@ -299,7 +317,36 @@ class OnlineLearner:
         self._version, self._base = loaded.version, loaded.base_version
         self._updates_at_version = router.policy.updates
         self._memo.clear()
-        self.catch_up(start_seq(self.log, loaded))
+        if self.learns:
+            self.catch_up(start_seq(self.log, loaded))
+
+    def refresh(self) -> bool:
+        """On a worker thread, for a router replica: count the grades committed since the last call into the savings
+        estimate, and serve the newest snapshot the learner published of the same base version. True if swapped."""
+        self._policy.submit(self._count_new_grades).result()
+        newest = newest_snapshot(self.registry, self._base, self.log)
+        if newest is None or newest.version == self._version:
+            return False
+        artifact, info = self.registry.load(newest.version)
+        self._load(Loaded(artifact, info.version, self._base, info.tags))
+        return True
+
+    def _count_new_grades(self) -> None:
+        for graded in self.log.graded_since(self._savings_seq):
+            self._count_savings(graded)
+
+    def follow_once(self) -> int:
+        """For the learner: on the policy thread, learn the grades committed after the model's high-water mark, in
+        sequence order. Returns how many were taken in."""
+        return self._policy.submit(lambda: self.catch_up(self._seq)).result()
+
+    def snapshot_now(self) -> None:
+        """For a learner stopping gracefully: snapshot what was learned since the last snapshot, and wait for it."""
+        done = self._policy.submit(
+            lambda: self._snapshot() if self.router.policy.updates > self._updates_at_version else None
+        ).result()
+        if done is not None:
+            done.result()
 
     def start(self, loaded: Loaded) -> int:
         """Before serving: count the log's grades in the savings estimate and learn what the log holds beyond the
@@ -330,16 +377,22 @@ def _memo_bytes(decision_id: str, embedding: npt.NDArray[np.float32]) -> int:
     return embedding.nbytes + sys.getsizeof(decision_id) + 112  # the array's own header
 
 
+def newest_snapshot(registry: PolicyRegistry, base: str, decision_log: DecisionLog) -> VersionInfo | None:
+    """The newest online snapshot this log made of ``base`` (None if there is none yet)."""
+    mine = [
+        v for v in registry.versions() if v.tags.get(TAG_LOG) == decision_log.log_id and v.tags.get(TAG_BASE) == base
+    ]
+    return max(mine, key=lambda v: int(v.version)) if mine else None
+
+
 def resolve_start(registry: PolicyRegistry, ref: str, decision_log: DecisionLog) -> Loaded:
     """The policy to serve for ``ref`` (a policy folder, an alias or a version): the newest online snapshot this
     log made of it, else the policy itself."""
     folder = Path(ref)
     base = f"file:{folder.resolve()}" if folder.is_dir() else registry.resolve(ref).version
-    mine = [
-        v for v in registry.versions() if v.tags.get(TAG_LOG) == decision_log.log_id and v.tags.get(TAG_BASE) == base
-    ]
-    if mine:
-        artifact, info = registry.load(mine[0].version)
+    newest = newest_snapshot(registry, base, decision_log)
+    if newest is not None:
+        artifact, info = registry.load(newest.version)
         return Loaded(artifact, info.version, base, info.tags)
     if folder.is_dir():
         return Loaded(PolicyArtifact.load(folder), base, base, {})

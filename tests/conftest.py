@@ -19,6 +19,7 @@ from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
 from router_ml.policy import PolicyConfig
 from router_ml.simulate import simulate
+from tests.pgkit import PostgresServer, pg_bin
 from tests.servekit import BODY_TIMEOUT, MODELS, FakeUpstream, ServerProcess, mount_tmpfs, serving_champion, unmount
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -30,6 +31,18 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("onnx")
     os.environ[settings.ONNX_DIR_ENV] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on loopback for the session (its package is installed by .ci/run)."""
+    if pg_bin("initdb") is None:
+        pytest.fail("PostgreSQL is not installed (initdb); .ci/run installs it with apt-get")
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -150,18 +150,22 @@ def write_config(
     models: dict[str, str],
     extra: str = "",
     server: str = "",
-    log: Path | None = None,
+    log: Path | str | None = None,
     log_options: str = "",
+    policy: str = "",
 ) -> Path:
     """A service TOML: catalog models mapped to fake-upstream behaviours (``ok-...``, ``fail-...``); ``server`` is the
-    body of its ``[server]`` table; the decision log at ``log`` (default: under ``home``), with ``log_options``."""
+    body of its ``[server]`` table; the decision log at ``log`` (a path, default under ``home``, or a PostgreSQL
+    URL), with ``log_options``; ``policy`` adds to the ``[policy]`` table."""
+    where = "url" if str(log).startswith("postgresql://") else "path"
     lines = [
         "[server]",
         server,
         "[policy]",
         'ref = "champion"',
+        policy,
         "[log]",
-        f'path = "{log or home / "serve" / "decisions.sqlite"}"',
+        f'{where} = "{log or home / "serve" / "decisions.sqlite"}"',
         'durability = "full"',
         log_options,
         "[upstream]",
@@ -183,10 +187,19 @@ def write_config(
 class ServerProcess:
     """`router-ml serve` in its own process on a free loopback port."""
 
-    def __init__(self, config: Path, home: Path, tracking_uri: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        home: Path,
+        tracking_uri: str,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        command: str = "serve",
+    ) -> None:
         self.config, self.home, self.tracking_uri = config, home, tracking_uri
         self.env = env or {}
-        self.log = Path(tomllib.loads(config.read_text(encoding="utf-8"))["log"]["path"])
+        self.args, self.command = list(args), command
+        self.log = Path(tomllib.loads(config.read_text(encoding="utf-8"))["log"].get("path", ""))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -202,7 +215,9 @@ class ServerProcess:
             "ROUTER_ML_ADMIN_KEYS": ADMIN_KEY,
             **self.env,
         }
-        cmd = [sys.executable, "-m", "router_ml.cli", "serve", "--config", str(self.config), "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "router_ml.cli", self.command, "--config", str(self.config), *self.args]
+        if self.command == "serve":
+            cmd += ["--port", str(self.port)]
         return cmd, env
 
     def fails_to_start(self, timeout: float = 120.0) -> tuple[int, str]:
@@ -215,6 +230,8 @@ class ServerProcess:
         cmd, env = self._command()
         with open(self.home / "serve.err", "ab") as err:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        if self.command != "serve":
+            return self
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
