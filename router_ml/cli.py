@@ -85,6 +85,16 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or local)")
 
 
+def _ray_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray",
+        default=None,
+        help="embed on Ray: 'auto' starts a local Ray with this machine's cores, else the address of a cluster "
+        "(needs pip install 'router-ml[scale]')",
+    )
+    p.add_argument("--workers", type=int, default=None, help="Ray embedding actors (default: the cluster's CPUs)")
+
+
 def _target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target (calibration on the logs)")
     g.add_argument(
@@ -153,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a policy (version, alias or folder) instead of starting fresh; models new to --catalog "
         "are explored and learned, the others keep what they learned",
     )
+    _ray_flags(p)
     _target_flags(p)
     _policy_flags(p)
 
@@ -243,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="all: decide and learn (default); router: a replica on a shared log, learning left to router-ml learn",
     )
 
+    p = sub.add_parser("embed", help="embed the prompts of Parquet files into the embedding cache (optionally on Ray)")
+    p.add_argument("--logs", type=Path, nargs="+", required=True, help="Parquet files with a 'prompt' column")
+    _ray_flags(p)
+    e = p.add_argument_group("embedder")
+    e.add_argument("--embedder", default=None, help="local sentence-transformers folder (default: packaged MiniLM)")
+    e.add_argument("--embedder-backend", choices=list(BACKENDS), default=DEFAULT_BACKEND)
+    e.add_argument("--max-len", type=int, default=None, help="embedder truncation length in tokens (default 256)")
+    e.add_argument("--threads", type=int, default=None, help="embedder threads in this process")
+
     p = sub.add_parser("learn", help="the single learner of router replicas on a shared decision log")
     p.add_argument("--follow", action="store_true", required=True, help="learn from the log until stopped")
     p.add_argument("--config", type=Path, default=None, help="the replicas' serve.toml (log, policy, learning)")
@@ -298,10 +318,23 @@ def _cmd_split(args: argparse.Namespace) -> None:
     print(f"TRAIN {n_train} prompts -> {args.train_out}\nTEST {n_test} prompts -> {args.test_out}")
 
 
+def _embed(args: argparse.Namespace, paths: list[Path]) -> str:
+    from router_ml.batch_embed import EncoderSpec, embed_files
+
+    spec = EncoderSpec(args.embedder_backend, args.embedder, args.max_len, args.threads)
+    return embed_files(paths, spec, settings.embedding_cache_path(), ray=args.ray, workers=args.workers).format()
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    print(_embed(args, args.logs))
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from router_ml.catalog import Catalog
     from training.pipelines import run_train
 
+    if args.ray is not None:  # fill the cache on Ray first; training then reads every embedding from it
+        print(_embed(args, [args.logs]))
     config, features = _configs(args)
     registry = _registry(args)
     outcome = run_train(
@@ -494,6 +527,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "route": _cmd_route,
     "serve": _cmd_serve,
     "learn": _cmd_learn,
+    "embed": _cmd_embed,
     "export-logs": _cmd_export_logs,
 }
 

@@ -205,6 +205,10 @@ class EmbeddingCache:
         with self._db:
             self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
 
+    def keys(self, embedder: str) -> set[bytes]:
+        """Every text key cached for ``embedder``."""
+        return {bytes(k) for (k,) in self._db.execute("SELECT key FROM embeddings WHERE embedder = ?", [embedder])}
+
     def count(self, embedder: str) -> int:
         """How many vectors are stored for ``embedder``."""
         row = self._db.execute("SELECT COUNT(*) FROM embeddings WHERE embedder = ?", [embedder]).fetchone()

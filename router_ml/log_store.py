@@ -258,8 +258,10 @@ class PostgresStore(Store):
                 kwargs={"connect_timeout": max(1, round(busy_timeout))},
                 open=False,
             )
-            self._pool.open(wait=True, timeout=busy_timeout)
+            with _quiet("psycopg.pool"):  # a start-up fault is one line; the pool would log every failed attempt
+                self._pool.open(wait=True, timeout=busy_timeout)
         except Exception as exc:  # psycopg_pool raises PoolTimeout, psycopg OperationalError: one message either way
+            self._pool.close()
             raise LogUnavailable(f"decision log {self.where}: cannot connect ({type(exc).__name__})") from exc
 
     def ddl(self) -> list[str]:
@@ -299,6 +301,20 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._pool.close()
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Keep ``logger`` to errors while the block runs."""
+    import logging
+
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
 
 
 def open_store(location: str | Path, durability: Durability = "full", *, busy_timeout: float = 5.0) -> Store:

@@ -25,7 +25,7 @@ from router_ml.fullinfo import FullInfo
 from router_ml.registry import PolicyRegistry
 from serve.learner import TAG_SEQ, newest_snapshot
 from tests.mlflowkit import mlflow_server
-from tests.pgkit import PASSWORD, PostgresServer
+from tests.pgkit import PASSWORD, PostgresServer, postgres
 from tests.servekit import API_KEY, MODELS, FakeUpstream, ServerProcess, write_config
 from tests.test_learner_no_loss import learned_state, replayed
 
@@ -229,3 +229,38 @@ def test_an_unreachable_database_is_one_line_without_the_password(cluster: Clust
     code, err = ServerProcess(cluster.home / "broken.toml", cluster.home, cluster.tracking_uri).fails_to_start()
     assert code == 2 and "127.0.0.1:1/nowhere" in err and PASSWORD not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_database_outage_is_503_and_the_replica_recovers_by_itself(cluster: Cluster) -> None:
+    """The log on a PostgreSQL server of its own, stopped under a replica: routes answer 503 (never 500, never an
+    answer whose decision was not logged), /readyz says why, and when the server is back the replica serves again."""
+    with postgres() as pg:
+        url = pg.create_database("outage")
+        config = cluster.config.read_text().replace(cluster.log_url, url)
+        (cluster.home / "outage.toml").write_text(config)
+        replica = ServerProcess(
+            cluster.home / "outage.toml", cluster.home / "outage", cluster.tracking_uri, args=["--role", "router"]
+        )
+        (cluster.home / "outage").mkdir(exist_ok=True)
+        auth = {"authorization": f"Bearer {API_KEY}"}
+        try:
+            replica.start(timeout=240)
+            assert httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth).status_code == 200
+            pg.stop("immediate")
+            r = httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth, timeout=30)
+            assert r.status_code == 503 and PASSWORD not in r.text
+            assert httpx.get(f"{replica.url}/readyz").status_code == 503
+            pg.restart()
+            deadline = time.monotonic() + 60
+            while (
+                httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth, timeout=30).status_code
+                != 200
+            ):
+                assert time.monotonic() < deadline, "the replica did not recover"
+                time.sleep(1.0)
+            assert httpx.get(f"{replica.url}/readyz").status_code == 200
+            log = DecisionLog(url)
+            assert log.counts()["decisions"] >= 2, "every 200 had its decision logged"
+            log.close()
+        finally:
+            replica.stop()

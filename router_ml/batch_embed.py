@@ -1,0 +1,177 @@
+"""Embed the prompts of Parquet files into the on-disk embedding cache, in this process or on a Ray cluster.
+
+Training re-reads every logged prompt's embedding from the cache (:class:`router_ml.embed.CachedEmbedder`), so
+filling the cache first is all that scaling the embedding takes: ``router-ml embed --logs F [F ...]`` (and
+``router-ml train --logs F --ray ...``, which runs it first). Without ``ray`` the cached embedder does the work here.
+With ``ray`` (``auto``: start a local Ray with this machine's cores; else the address of a running cluster):
+
+1. Ray Data reads the ``prompt`` column of the files (one or many);
+2. each block keeps the prompts whose cache key is not known yet (the keys already cached are broadcast once) and
+   drops repeats within the block;
+3. an actor pool embeds them, each actor loading the embedder once (the ONNX MiniLM by default);
+4. the driver writes each batch of vectors to the cache in one SQLite transaction as it arrives: an interruption
+   loses at most the batches in flight, and the cache never holds half an entry.
+
+Ray retries a task whose worker dies, and restarts the actor. Ray is an optional extra
+(``pip install 'router-ml[scale]'``); nothing here imports it unless ``ray`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from tqdm.auto import tqdm
+
+from router_ml.embed import Embedder, EmbeddingCache, build_encoder, text_key
+
+BATCH = 64
+"""Prompts per embedding call in an actor."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build the embedder, in a form a Ray actor can receive: backend, model folder, truncation, threads."""
+
+    backend: str
+    model_path: str | None = None
+    max_len: int | None = None
+    threads: int | None = None
+
+    def build(self) -> Embedder:
+        """The encoder (no cache)."""
+        return build_encoder(self.backend, self.model_path, threads=self.threads, max_len=self.max_len)
+
+
+@dataclass(frozen=True)
+class EmbedReport:
+    """What a run did: distinct prompts embedded now, the embedder, the engine and the time it took."""
+
+    embedder: str
+    embedded: int
+    cached: int
+    engine: str
+    seconds: float
+
+    def format(self) -> str:
+        """One line for the terminal."""
+        rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"embedded {self.embedded} new prompts with {self.embedder} on {self.engine} in {self.seconds:.1f} s "
+            f"({rate:.1f} prompts/s); the cache now holds {self.cached}"
+        )
+
+
+def _prompts(paths: Sequence[Path]) -> list[str]:
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"embed: no such file: {missing[0]}")
+    try:
+        frame = pl.scan_parquet([str(p) for p in paths]).select("prompt").unique(maintain_order=True).collect()
+    except pl.exceptions.ColumnNotFoundError as exc:
+        raise ValueError("embed: the files need a 'prompt' column") from exc
+    return [p for p in frame["prompt"].to_list() if isinstance(p, str) and p]
+
+
+def embed_files(
+    paths: Sequence[Path],
+    spec: EncoderSpec,
+    cache_path: Path,
+    *,
+    ray: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> EmbedReport:
+    """Fill the cache at ``cache_path`` with the embeddings of every prompt in ``paths`` (see the module docstring)."""
+    if not paths:
+        raise ValueError("embed: give at least one Parquet file")
+    t0 = time.perf_counter()
+    cache = EmbeddingCache(cache_path)
+    try:
+        if ray is None:
+            from router_ml.embed import CachedEmbedder
+
+            inner = spec.build()
+            prompts = _prompts(paths)
+            before = cache.count(inner.name)
+            CachedEmbedder(inner, cache).encode(prompts, progress=progress)
+            name, engine = inner.name, "this process"
+        else:
+            name, engine, before = _on_ray(paths, spec, cache, ray, workers, progress)
+        return EmbedReport(name, cache.count(name) - before, cache.count(name), engine, time.perf_counter() - t0)
+    finally:
+        cache.close()
+
+
+class _Embed:
+    """A Ray Data actor: builds the embedder once, then embeds batches of prompts."""
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        self.encoder = spec.build()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prompts = [str(p) for p in batch["prompt"]]
+        return {"key": np.array([text_key(p) for p in prompts], dtype=object), "vector": self.encoder.encode(prompts)}
+
+
+def _on_ray(
+    paths: Sequence[Path], spec: EncoderSpec, cache: EmbeddingCache, address: str, workers: int | None, progress: bool
+) -> tuple[str, str, int]:
+    import ray
+
+    name = spec.build().name  # the embedder's identity keys the cache; building it here also checks the model loads
+    before = cache.count(name)
+    started = not ray.is_initialized()
+    if started:
+        if address == "auto":
+            ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    try:
+        pool = workers or max(1, int(ray.available_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+        known = ray.put(cache.keys(name))
+
+        def new_prompts(batch: dict[str, Any]) -> dict[str, Any]:
+            cached = ray.get(known)
+            seen: set[bytes] = set()
+            keep = []
+            for prompt in batch["prompt"]:
+                if not isinstance(prompt, str) or not prompt:
+                    continue
+                key = text_key(prompt)
+                if key not in cached and key not in seen:
+                    seen.add(key)
+                    keep.append(prompt)
+            return {"prompt": np.array(keep, dtype=object)}
+
+        data = ray.data.read_parquet([str(p.resolve()) for p in paths], columns=["prompt"])
+        vectors = data.map_batches(new_prompts, batch_format="numpy").map_batches(
+            _Embed,
+            fn_constructor_args=(spec,),
+            batch_size=BATCH,
+            batch_format="numpy",
+            concurrency=pool,
+            num_cpus=1,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
+        written: set[bytes] = set()
+        bar = tqdm(desc=f"embedding on ray ({name})", unit="prompt", disable=not progress)
+        for batch in vectors.iter_batches(batch_size=256, batch_format="numpy"):
+            keys = [bytes(k) for k in batch["key"]]
+            fresh = [i for i, k in enumerate(keys) if k not in written]
+            if fresh:
+                cache.put_many(name, [keys[i] for i in fresh], np.asarray(batch["vector"])[fresh])
+                written.update(keys[i] for i in fresh)
+            bar.update(len(fresh))
+        bar.close()
+        return name, f"ray ({pool} workers)", before
+    finally:
+        if started:
+            ray.shutdown()
