@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -38,6 +38,7 @@ import polars as pl
 
 from router_ml.atomic import atomic_write_with
 from router_ml.contracts import validate_logs
+from router_ml.errors import InvalidInput, RouterMLError, UnknownName
 
 Durability = Literal["full", "normal"]
 Outcome = Literal["answered", "cut", "disconnected", "failed"]
@@ -76,23 +77,23 @@ CREATE TABLE IF NOT EXISTS feedback (
 """
 
 
-class UnknownDecision(KeyError):
+class UnknownDecision(UnknownName):
     """Feedback names a decision id the log has never seen."""
 
 
-class DuplicateFeedback(ValueError):
+class DuplicateFeedback(InvalidInput):
     """The decision already has its feedback; a decision is graded once."""
 
 
-class AnswerInFlight(ValueError):
+class AnswerInFlight(InvalidInput):
     """The decision's forwarded call has not ended yet, so its metered cost is not known."""
 
 
-class ClientCostRefused(ValueError):
+class ClientCostRefused(InvalidInput):
     """A client-reported cost is not accepted for this decision; the message names ``cost_usd`` and why."""
 
 
-class LogUnavailable(RuntimeError):
+class LogUnavailable(RouterMLError, RuntimeError):
     """The log cannot be written or read now (disk full, read-only, locked, I/O error)."""
 
 
@@ -151,7 +152,7 @@ class DecisionLog:
 
     def __init__(self, path: str | Path, durability: Durability = "full", *, busy_timeout: float = 5.0) -> None:
         if durability not in ("full", "normal"):
-            raise ValueError(f"decision log: 'durability' must be 'full' or 'normal', got {durability!r}")
+            raise InvalidInput(f"decision log: 'durability' must be 'full' or 'normal', got {durability!r}")
         self.path = Path(path)
         self.fault: str | None = None
         self._lock = threading.Lock()
@@ -420,4 +421,4 @@ def _graded(row: Sequence[Any]) -> GradedDecision:
 
 
 def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None)
+    return datetime.fromtimestamp(ts, tz=UTC).replace(tzinfo=None)

@@ -24,7 +24,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -51,8 +50,9 @@ from router_ml.decision_log import (
     UnknownDecision,
     new_decision_id,
 )
+from router_ml.errors import InvalidInput, UserError
 from router_ml.operating import OperatingPoint
-from router_ml.registry import PolicyRegistry
+from router_ml.registry import PolicyRef, PolicyRegistry
 from router_ml.router import Router
 from router_ml.savings import LiveSavings
 from serve.auth import Keys, Principal
@@ -70,7 +70,7 @@ _BEARER = HTTPBearer(auto_error=False)  # module level: FastAPI resolves the (st
 Text = Annotated[str, Field(min_length=1, max_length=256)]
 
 
-class StartupError(ValueError):
+class StartupError(UserError):
     """The service cannot start; the message is one line saying what failed."""
 
 
@@ -88,7 +88,7 @@ class RouteRequest(BaseModel):
     @classmethod
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("prompt is blank")
+            raise InvalidInput("prompt is blank")
         return v
 
 
@@ -141,7 +141,7 @@ class ChatRequest(BaseModel):
         found = unforwardable(data)
         if found is not None:
             path = found[0].encode("utf-8", "backslashreplace").decode()  # the path may hold the surrogate itself
-            raise ValueError(f"'{path[:200]}' {found[1]}")
+            raise InvalidInput(f"'{path[:200]}' {found[1]}")
         return data
 
     def include_usage(self) -> bool:
@@ -319,12 +319,12 @@ def build_service(config: ServeConfig, *, transport: httpx.AsyncBaseTransport | 
     with _starting(f"decision log {path}"):
         decision_log = DecisionLog(path, config.log.durability, busy_timeout=config.log.busy_timeout_seconds)
         decision_log.interrupted()
-    ref = config.policy.ref
-    with _starting(f"policy '{ref}'"):
+    with _starting(f"policy '{config.policy.ref}'"):
+        ref = PolicyRef.parse(config.policy.ref)
         registry = PolicyRegistry(config.policy.tracking_uri or None)
         loaded = resolve_start(registry, ref, decision_log)
         router = Router.from_artifact(loaded.artifact, version=loaded.version)
-    alias = None if Path(ref).is_dir() or ref.isdigit() else ref
+    alias = ref.alias
     metrics = Metrics(tenants=keys.tenants, models=router.policy.catalog.names)
     catalog = router.policy.catalog
     reference = config.savings.reference or max(catalog.models, key=lambda m: m.blended_usd_per_mtok).name
@@ -373,7 +373,7 @@ class BodyReader:
         while True:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await _refuse(408, f"request body not received within {self.timeout:g} s", scope, receive, send)
                 return
             if message["type"] == "http.disconnect":

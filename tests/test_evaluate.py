@@ -25,7 +25,8 @@ from router_ml.contracts import load_benchmark, load_logs
 from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder
 from router_ml.estimators import IPS, SNIPS, BanditFeedback, DoublyRobust, paired_difference
-from router_ml.evaluation import LoggedEvents, evaluate_policy, gate, target_distribution
+from router_ml.evaluation import evaluate_policy, gate, target_distribution
+from router_ml.events import LoggedEvents
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import file_fingerprint, train_policy
@@ -66,8 +67,8 @@ def world(small_benchmark: Path, embedder: CachedEmbedder, tmp_path_factory: pyt
     ungraded = pl.int_range(pl.len()) < N_UNGRADED
     logs = logs.with_columns(pl.when(ungraded).then(None).otherwise(pl.col("quality")).alias("quality"))
     logs.write_parquet(root / "logs.parquet")
-    PolicyArtifact(good, embedder=embedder.name).save(root / "good")
-    PolicyArtifact(uniform, embedder=embedder.name).save(root / "uniform")
+    PolicyArtifact(good, embedder=embedder.spec).save(root / "good")
+    PolicyArtifact(uniform, embedder=embedder.spec).save(root / "uniform")
     return World(table, root / "logs.parquet", root / "good", root / "uniform", good, uniform)
 
 
