@@ -10,6 +10,7 @@ trained policy's reward is about 0.68 and the uniform one's about 0.29, with DR 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,7 +271,13 @@ def test_promotion_is_gated(home: Path, world: World, tmp_path: Path, capsys: py
     ],
 )
 def test_evaluate_bad_input_exits_2(
-    home: Path, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, extra, fragment: str
+    home: Path,
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mutate: Callable[[pl.DataFrame], pl.DataFrame],
+    extra: list[str],
+    fragment: str,
 ) -> None:
     logs, out = tmp_path / "logs.parquet", tmp_path / "report.json"
     mutate(pl.read_parquet(world.logs)).write_parquet(logs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -83,8 +83,15 @@ class Harness:
     def _start(self) -> OnlineLearner:
         loaded = resolve_start(self.registry, PolicyRef("version", "1"), self.log)  # type: ignore[arg-type]
         router = Router(loaded.artifact.policy, self.embedder, loaded.version)
-        learner = OnlineLearner(  # type: ignore[arg-type]
-            loaded, router, self.log, self.registry, self.config, Metrics(), alias=None, savings=LiveSavings("gpt-4o")
+        learner = OnlineLearner(
+            loaded,
+            router,
+            self.log,
+            cast(PolicyRegistry, self.registry),
+            self.config,
+            Metrics(),
+            alias=None,
+            savings=LiveSavings("gpt-4o"),
         )
         learner.start(loaded)
         return learner

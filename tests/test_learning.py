@@ -42,4 +42,5 @@ def test_policy_beats_random_on_held_out_prompts(learning_benchmark: Path, embed
     lam = config.lam
     assert reward(learned.quality, learned.cost_usd, lam) > reward(uniform.quality, uniform.cost_usd, lam) + 0.15
     # the progressive (before-learning) estimate is an honest number between random and the final policy
-    assert reward(uniform) - 0.05 < report.progressive_reward < reward(learned) + 0.1
+    low, high = reward(uniform.quality, uniform.cost_usd, lam), reward(learned.quality, learned.cost_usd, lam)
+    assert low - 0.05 < report.progressive_reward < high + 0.1

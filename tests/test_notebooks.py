@@ -7,6 +7,7 @@ fixture: a temp MLflow store plus the session's embedding cache), so the user's 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import nbformat
 import pytest
@@ -31,7 +32,9 @@ NAMES = ["counterfactual_savings.ipynb", "policy_versions.ipynb"]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_without_outputs_and_parameterised(name: str) -> None:
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nb = nbformat.read(  # type: ignore[no-untyped-call]
+        NOTEBOOKS / name, as_version=4
+    )
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code
@@ -53,10 +56,12 @@ def _execute(name: str, out: Path, parameters: dict[str, object]) -> nbformat.No
         cwd=str(NOTEBOOKS),
         progress_bar=False,
     )
-    nb = nbformat.read(out, as_version=4)
+    nb = nbformat.read(  # type: ignore[no-untyped-call]
+        out, as_version=4
+    )
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
-    return nb
+    return cast(nbformat.NotebookNode, nb)
 
 
 def _images(nb: nbformat.NotebookNode) -> int:

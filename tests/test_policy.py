@@ -36,7 +36,8 @@ TOKENS = np.full(1000, 10.0)
 def _contexts(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 16)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    unit: npt.NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit
 
 
 def _policy(x: npt.NDArray[np.float32], **kw: float) -> Policy:
