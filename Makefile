@@ -1,10 +1,13 @@
 # Two commands do everything on a fresh machine; each sets up .venv first.
 #   make demo   train on the shared benchmark, register in MLflow, replay on held-out prompts
-#   make test   ruff, mypy (strict on router_ml/) and the test suite
+#   make test   ruff, mypy (strict everywhere), the layer check (lint-imports) and the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d" " -f1)
+REQUIREMENTS := router_ml/resources/requirements.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(REQUIREMENTS) | cksum | cut -d" " -f1)
+# the CPU torch pin, from the one list of runtime dependencies
+TORCH := $(shell grep '^torch==' $(REQUIREMENTS))
 
 .PHONY: setup demo benchmark notebooks test lint clean
 
@@ -14,7 +17,7 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel. A looser pin would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -46,6 +49,7 @@ notebooks: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)

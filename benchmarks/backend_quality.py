@@ -19,7 +19,8 @@ from _machine import machine, shared_table
 
 from router_ml import settings
 from router_ml.cost_model import estimate_tokens
-from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, build_encoder
+from router_ml.embed import CachedEmbedder, Embedder, EmbedderSpec, EmbeddingCache
+from router_ml.encoders import build_embedder
 from router_ml.features import FeatureConfig
 from router_ml.learn import train_policy
 from router_ml.onnx_embed import OnnxEmbedder
@@ -44,8 +45,8 @@ def main() -> None:
     train, test = table.subset(train_rows), table.subset(test_rows)
     cache = EmbeddingCache(settings.embedding_cache_path())
     encoders: dict[str, Embedder] = {
-        "torch": CachedEmbedder(build_encoder("torch"), cache),
-        "onnx": CachedEmbedder(build_encoder("onnx"), cache),
+        "torch": build_embedder(EmbedderSpec("torch"), cache=cache),
+        "onnx": build_embedder(EmbedderSpec("onnx"), cache=cache),
     }
     if args.int8:
         encoders["onnx-int8"] = CachedEmbedder(OnnxEmbedder(precision="int8"), cache)

@@ -12,7 +12,6 @@ for *router minus reference* quality holds the replayed TEST difference.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from _machine import machine
 from router_ml import settings
 from router_ml.contracts import load_benchmark
 from router_ml.cost_model import estimate_tokens
+from router_ml.embed import EmbedderSpec
+from router_ml.encoders import Embedders
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.operating import Target
@@ -30,8 +31,8 @@ from router_ml.policy import PolicyConfig
 from router_ml.registry import PolicyRegistry
 from router_ml.replay import replay_distribution
 from router_ml.simulate import simulate
-from router_ml.split import split_by_hash
-from training.pipelines import EmbedderOptions, catalog_for_benchmark, run_train, write_parquet
+from router_ml.split import TEST_FRACTION, split_by_hash
+from training.pipelines import catalog_for_benchmark, run_train, write_parquet
 
 
 def main() -> None:
@@ -45,10 +46,9 @@ def main() -> None:
     bench = load_benchmark(args.benchmark)
     catalog = catalog_for_benchmark(args.benchmark, bench, None)
     table = FullInfo.from_benchmark(bench, models=catalog.names)
-    train_rows, test_rows = split_by_hash(table.prompt_ids, 0.2)
+    train_rows, test_rows = split_by_hash(table.prompt_ids, TEST_FRACTION)
     train, test = table.subset(train_rows), table.subset(test_rows)
-    options = EmbedderOptions(cache=settings.embedding_cache_path())
-    embedder = options.build()
+    embedder = Embedders(cache_path=settings.embedding_cache_path()).get(EmbedderSpec())
     test_emb = embedder.encode(test.prompts, progress=True)
     tokens = [estimate_tokens(p) for p in test.prompts]
     print(f"machine: {machine()}; {args.benchmark.name}: {len(train.prompts)} TRAIN / {len(test.prompts)} TEST prompts")
@@ -64,7 +64,7 @@ def main() -> None:
                 config=PolicyConfig(seed=seed),
                 features=FeatureConfig(seed=seed),
                 passes=1,
-                embedder=options,
+                embedder=embedder,
                 registry=PolicyRegistry(f"sqlite:///{tmp}/mlflow.db"),
                 target=target,
                 progress=False,
@@ -94,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -24,8 +24,9 @@ import polars as pl
 from _machine import machine, summary
 
 from router_ml import settings
-from router_ml.embed import Embedder, Matrix, SentenceTransformerEmbedder
+from router_ml.embed import Embedder, Matrix
 from router_ml.onnx_embed import OnnxEmbedder, onnx_threads
+from router_ml.torch_embed import SentenceTransformerEmbedder
 
 TARGET_BATCH = 60.0  # prompts/s, 240-token prompts, cold
 

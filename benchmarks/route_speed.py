@@ -24,7 +24,8 @@ from _machine import machine, shared_table, summary
 
 from router_ml import settings
 from router_ml.cost_model import estimate_tokens
-from router_ml.embed import CachedEmbedder, Embedder, EmbeddingCache, build_encoder
+from router_ml.embed import CachedEmbedder, Embedder, EmbedderSpec, EmbeddingCache
+from router_ml.encoders import build_embedder
 from router_ml.features import FeatureConfig
 from router_ml.learn import train_policy
 from router_ml.onnx_embed import OnnxEmbedder
@@ -73,7 +74,7 @@ def main() -> None:
         enc: Embedder = (
             OnnxEmbedder(threads=args.threads, precision="int8")
             if backend == "onnx-int8"
-            else build_encoder(backend, threads=args.threads)
+            else build_embedder(EmbedderSpec(backend), threads=args.threads)
         )
         policy, _ = train_policy(
             logs, CachedEmbedder(enc, cache), catalog, PolicyConfig(), FeatureConfig(), progress=False

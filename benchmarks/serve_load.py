@@ -30,7 +30,8 @@ from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark
 from router_ml.cost_model import estimate_tokens
 from router_ml.decision_log import DecisionLog, DecisionRecord, new_decision_id
-from router_ml.embed import BACKENDS, DEFAULT_BACKEND, Embedder, build_encoder
+from router_ml.embed import BACKENDS, DEFAULT_BACKEND, Embedder, EmbedderSpec
+from router_ml.encoders import build_embedder
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
@@ -65,7 +66,7 @@ def train_small_policy(embedder: Embedder) -> PolicyArtifact:
     catalog = Catalog.load(settings.default_catalog())
     logs = simulate(FullInfo.from_benchmark(bench, models=catalog.names), 3000, seed=0)
     policy, _ = train_policy(logs, embedder, catalog, PolicyConfig(), FeatureConfig(), progress=False)
-    return PolicyArtifact(policy, embedder=embedder.name)
+    return PolicyArtifact(policy, embedder=embedder.spec)
 
 
 def rss_mb(pid: int) -> float:
@@ -118,7 +119,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the policy's embedder")
     args = parser.parse_args()
     short, long = prompts_by_length(args.requests + args.concurrent)
-    embedder = build_encoder(args.backend)
+    embedder = build_embedder(EmbedderSpec(args.backend))
     print(f"machine: {machine()}; embedder {embedder.name}")
     print("training a small policy over the full catalog ...", flush=True)
     artifact = train_small_policy(embedder)

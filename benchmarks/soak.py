@@ -24,7 +24,8 @@ from _machine import machine
 from serve_load import prompts_by_length, rss_mb, train_small_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from router_ml.embed import DEFAULT_BACKEND, build_encoder
+from router_ml.embed import EmbedderSpec
+from router_ml.encoders import build_embedder
 from tests.servekit import ADMIN_KEY, API_KEY, FakeUpstream, ServerProcess, champion, write_config
 
 CLIENTS = 8
@@ -56,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=int, nargs="+", default=[10_000, 20_000, 40_000])
     args = parser.parse_args()
-    embedder = build_encoder(DEFAULT_BACKEND)
+    embedder = build_embedder(EmbedderSpec())
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}; embedder {embedder.name}", flush=True)
     artifact = train_small_policy(embedder)
     names = artifact.policy.catalog.names

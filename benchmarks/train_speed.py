@@ -27,7 +27,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from router_ml import settings
 from router_ml.contracts import load_benchmark, load_logs
-from router_ml.embed import CachedEmbedder, EmbeddingCache, build_encoder
+from router_ml.embed import EmbedderSpec, EmbeddingCache
+from router_ml.encoders import build_embedder
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
@@ -67,7 +68,7 @@ def main() -> None:
         t0 = time.perf_counter()
         logs = load_logs(logs_path)
         load_s = time.perf_counter() - t0
-    embedder = CachedEmbedder(build_encoder(args.backend), EmbeddingCache(settings.embedding_cache_path()))
+    embedder = build_embedder(EmbedderSpec(args.backend), cache=EmbeddingCache(settings.embedding_cache_path()))
     prompts = logs["prompt"].to_list()
     t0 = time.perf_counter()
     embedder.encode(prompts, progress=True)  # warms the cache: not counted

@@ -7,7 +7,7 @@
       catalog.toml    the models, in the order the policy's actions use
       features.json   feature config and embedding width
       centroids.npz   k-means centroids of each granularity
-      policy.json     learner config, operating point, embedder name, path and backend, update count, parent version
+      policy.json     learner config, operating point, embedder spec (and name), update count, parent version
       costs.json      the cost model's observed completion lengths per model
 
 The folder is written atomically: a crash leaves either the old folder or the new one.
@@ -26,7 +26,8 @@ import numpy as np
 from router_ml.atomic import atomic_write_dir
 from router_ml.catalog import Catalog
 from router_ml.cost_model import CostModel
-from router_ml.embed import BACKENDS, CachedEmbedder, Embedder, EmbeddingCache, backend_of, build_encoder
+from router_ml.embed import EmbedderSpec
+from router_ml.errors import InvalidInput, MissingInput
 from router_ml.features import Featurizer
 from router_ml.operating import OperatingPoint
 from router_ml.policy import Policy, PolicyConfig
@@ -38,30 +39,16 @@ COSTS = "costs.json"
 
 @dataclass
 class PolicyArtifact:
-    """A policy plus the metadata that travels with it.
-
-    ``embedder_backend`` (``torch`` or ``onnx``) defaults to the backend the embedder's name says built it; a policy
-    folder written before backends existed is ``torch``.
-    """
+    """A policy plus what travels with it: the spec of the encoder it was trained with (resolved, so it names one
+    encoder) and the version it descends from."""
 
     policy: Policy
-    embedder: str
-    embedder_path: str | None = None
+    embedder: EmbedderSpec
     parent_version: str | None = None
-    embedder_backend: str | None = None
 
     def __post_init__(self) -> None:
-        if self.embedder_backend is None:
-            self.embedder_backend = backend_of(self.embedder)
-        if self.embedder_backend not in BACKENDS:
-            raise ValueError(
-                f"policy: embedder_backend must be one of {', '.join(BACKENDS)}, got {self.embedder_backend!r}"
-            )
-
-    @property
-    def backend(self) -> str:
-        """The embedder backend this policy was trained with."""
-        return self.embedder_backend or backend_of(self.embedder)
+        if self.embedder.max_len is None:
+            raise InvalidInput("policy: the embedder spec must be resolved (max_len set): record the encoder's .spec")
 
     def save(self, path: str | Path) -> Path:
         """Write the folder atomically and return its path."""
@@ -77,9 +64,8 @@ class PolicyArtifact:
             meta: dict[str, Any] = {
                 "config": json.loads(self.policy.config.to_json()),
                 "operating": self.policy.operating.to_dict(),
-                "embedder": self.embedder,
-                "embedder_path": self.embedder_path,
-                "embedder_backend": self.backend,
+                "embedder": self.embedder.name,
+                "embedder_spec": self.embedder.to_dict(),
                 "updates": self.policy.updates,
                 "parent_version": self.parent_version,
             }
@@ -88,26 +74,13 @@ class PolicyArtifact:
         atomic_write_dir(path, write)
         return Path(path)
 
-    def build_embedder(
-        self, *, threads: int | None = None, batch_size: int = 16, cache: EmbeddingCache | None = None
-    ) -> Embedder:
-        """The embedder this policy was trained with (same backend, model and truncation), optionally behind
-        ``cache``."""
-        max_len = int(self.embedder.rsplit("@", 1)[1]) if "@" in self.embedder else None
-        inner = build_encoder(
-            self.backend, self.embedder_path, threads=threads, batch_size=batch_size, max_len=max_len
-        )
-        if inner.name != self.embedder:
-            raise ValueError(f"policy was trained with embedder '{self.embedder}' but '{inner.name}' was loaded")
-        return CachedEmbedder(inner, cache) if cache is not None else inner
-
     @classmethod
     def load(cls, path: str | Path) -> PolicyArtifact:
         """Read a folder written by :meth:`save`."""
         root = Path(path)
         missing = [f for f in FILES if not (root / f).exists()]
         if missing:
-            raise FileNotFoundError(f"policy folder {root} is missing {', '.join(missing)}")
+            raise MissingInput(f"policy folder {root} is missing {', '.join(missing)}")
         meta = json.loads((root / "policy.json").read_text(encoding="utf-8"))
         with np.load(root / "centroids.npz") as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -125,10 +98,10 @@ class PolicyArtifact:
             operating=OperatingPoint.from_dict(meta["operating"]) if "operating" in meta else None,
         )
         policy.updates = int(meta.get("updates", 0))
-        return cls(
-            policy=policy,
-            embedder=str(meta["embedder"]),
-            embedder_path=meta.get("embedder_path"),
-            parent_version=meta.get("parent_version"),
-            embedder_backend=meta.get("embedder_backend"),
-        )
+        if "embedder_spec" in meta:
+            spec = EmbedderSpec.from_dict(meta["embedder_spec"])
+        else:  # written before specs were recorded
+            spec = EmbedderSpec.of_legacy_folder(
+                str(meta["embedder"]), meta.get("embedder_path"), meta.get("embedder_backend")
+            )
+        return cls(policy=policy, embedder=spec, parent_version=meta.get("parent_version"))

@@ -29,24 +29,12 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from router_ml.embed import Embedder, EmbeddingCache, build_encoder, text_key
+from router_ml.embed import CachedEmbedder, EmbedderSpec, EmbeddingCache, text_key
+from router_ml.encoders import build_embedder
+from router_ml.errors import InvalidInput, MissingInput
 
 BATCH = 64
 """Prompts per embedding call in an actor."""
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How to build the embedder, in a form a Ray actor can receive: backend, model folder, truncation, threads."""
-
-    backend: str
-    model_path: str | None = None
-    max_len: int | None = None
-    threads: int | None = None
-
-    def build(self) -> Embedder:
-        """The encoder (no cache)."""
-        return build_encoder(self.backend, self.model_path, threads=self.threads, max_len=self.max_len)
 
 
 @dataclass(frozen=True)
@@ -71,39 +59,39 @@ class EmbedReport:
 def _prompts(paths: Sequence[Path]) -> list[str]:
     missing = [p for p in paths if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"embed: no such file: {missing[0]}")
+        raise MissingInput(f"embed: no such file: {missing[0]}")
     try:
         frame = pl.scan_parquet([str(p) for p in paths]).select("prompt").unique(maintain_order=True).collect()
     except pl.exceptions.ColumnNotFoundError as exc:
-        raise ValueError("embed: the files need a 'prompt' column") from exc
+        raise InvalidInput("embed: the files need a 'prompt' column") from exc
     return [p for p in frame["prompt"].to_list() if isinstance(p, str) and p]
 
 
 def embed_files(
     paths: Sequence[Path],
-    spec: EncoderSpec,
+    spec: EmbedderSpec,
     cache_path: Path,
     *,
+    threads: int | None = None,
     ray: str | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> EmbedReport:
-    """Fill the cache at ``cache_path`` with the embeddings of every prompt in ``paths`` (see the module docstring)."""
+    """Fill the cache at ``cache_path`` with the embeddings of every prompt in ``paths`` (see the module docstring);
+    ``threads`` are the encoder's threads in this process or in each actor."""
     if not paths:
-        raise ValueError("embed: give at least one Parquet file")
+        raise InvalidInput("embed: give at least one Parquet file")
     t0 = time.perf_counter()
     cache = EmbeddingCache(cache_path)
     try:
         if ray is None:
-            from router_ml.embed import CachedEmbedder
-
-            inner = spec.build()
+            inner = build_embedder(spec, threads=threads)
             prompts = _prompts(paths)
             before = cache.count(inner.name)
             CachedEmbedder(inner, cache).encode(prompts, progress=progress)
             name, engine = inner.name, "this process"
         else:
-            name, engine, before = _on_ray(paths, spec, cache, ray, workers, progress)
+            name, engine, before = _on_ray(paths, spec, threads, cache, ray, workers, progress)
         return EmbedReport(name, cache.count(name) - before, cache.count(name), engine, time.perf_counter() - t0)
     finally:
         cache.close()
@@ -112,8 +100,8 @@ def embed_files(
 class _Embed:
     """A Ray Data actor: builds the embedder once, then embeds batches of prompts."""
 
-    def __init__(self, spec: EncoderSpec) -> None:
-        self.encoder = spec.build()
+    def __init__(self, spec: EmbedderSpec, threads: int | None) -> None:
+        self.encoder = build_embedder(spec, threads=threads)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         prompts = [str(p) for p in batch["prompt"]]
@@ -121,11 +109,18 @@ class _Embed:
 
 
 def _on_ray(
-    paths: Sequence[Path], spec: EncoderSpec, cache: EmbeddingCache, address: str, workers: int | None, progress: bool
+    paths: Sequence[Path],
+    spec: EmbedderSpec,
+    threads: int | None,
+    cache: EmbeddingCache,
+    address: str,
+    workers: int | None,
+    progress: bool,
 ) -> tuple[str, str, int]:
     import ray
 
-    name = spec.build().name  # the embedder's identity keys the cache; building it here also checks the model loads
+    # the embedder's identity keys the cache; building it here also checks that the model loads
+    name = build_embedder(spec, threads=threads).name
     before = cache.count(name)
     started = not ray.is_initialized()
     if started:
@@ -153,7 +148,7 @@ def _on_ray(
         data = ray.data.read_parquet([str(p.resolve()) for p in paths], columns=["prompt"])
         vectors = data.map_batches(new_prompts, batch_format="numpy").map_batches(
             _Embed,
-            fn_constructor_args=(spec,),
+            fn_constructor_args=(spec, threads),
             batch_size=BATCH,
             batch_format="numpy",
             concurrency=pool,

@@ -10,6 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from router_ml.errors import InvalidInput
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -19,7 +21,7 @@ class ByteLRU(Generic[K, V]):
 
     def __init__(self, max_bytes: int, size: Callable[[K, V], int]) -> None:
         if max_bytes < 0:
-            raise ValueError(f"cache: 'max_bytes' must be >= 0, got {max_bytes}")
+            raise InvalidInput(f"cache: 'max_bytes' must be >= 0, got {max_bytes}")
         self.max_bytes = max_bytes
         self._size = size
         self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()

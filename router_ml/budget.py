@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from router_ml.errors import InvalidInput
+
 Probs = npt.NDArray[np.float64]
 
 
@@ -34,7 +36,7 @@ def score_gaps(probs: Probs, gamma: float) -> Probs:
     Actions with probability 0 (not offered) get ``inf``; the best action gets 0.
     """
     if gamma <= 0:
-        raise ValueError(f"budget: 'gamma' must be > 0, got {gamma}")
+        raise InvalidInput(f"budget: 'gamma' must be > 0, got {gamma}")
     offered = probs > 0
     k = int(offered.sum())
     gaps = np.full(probs.shape, np.inf)
@@ -86,9 +88,9 @@ class DualLambda:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.target_usd_per_1k) and self.target_usd_per_1k > 0):
-            raise ValueError(f"budget: 'target_usd_per_1k' must be > 0, got {self.target_usd_per_1k}")
+            raise InvalidInput(f"budget: 'target_usd_per_1k' must be > 0, got {self.target_usd_per_1k}")
         if not (math.isfinite(self.step) and self.step > 0):
-            raise ValueError(f"budget: 'step' must be > 0, got {self.step}")
+            raise InvalidInput(f"budget: 'step' must be > 0, got {self.step}")
 
     def observe(self, cost_usd: float) -> float:
         """Take one call's cost; returns the new multiplier."""
@@ -125,11 +127,11 @@ class QualityFloor:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise ValueError(f"quality floor: 'tolerance' must be a number >= 0, got {self.tolerance}")
+            raise InvalidInput(f"quality floor: 'tolerance' must be a number >= 0, got {self.tolerance}")
         if not 0 < self.step < 1 or not 0 < self.min_factor <= 1:
-            raise ValueError("quality floor: 'step' must lie in (0, 1) and 'min_factor' in (0, 1]")
+            raise InvalidInput("quality floor: 'step' must lie in (0, 1) and 'min_factor' in (0, 1]")
         if self.min_graded < 2 or self.every < 1:
-            raise ValueError("quality floor: 'min_graded' must be >= 2 and 'every' >= 1")
+            raise InvalidInput("quality floor: 'min_graded' must be >= 2 and 'every' >= 1")
 
     def check(self, graded: int, diff_low: float, diff_high: float) -> float:
         """Take the estimate after ``graded`` graded decisions (``[diff_low, diff_high]``: the interval of router

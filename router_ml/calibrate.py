@@ -32,8 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from router_ml.cost_model import estimate_tokens
+from router_ml.errors import InvalidInput
 from router_ml.estimators import BanditFeedback, DoublyRobust, Estimate, Linearization
-from router_ml.evaluation import LoggedEvents
+from router_ml.events import LoggedEvents
 from router_ml.features import FeatureConfig, Featurizer
 from router_ml.operating import Arm, ArmValue, OperatingPoint, Target, choose
 from router_ml.policy import Policy
@@ -45,6 +46,9 @@ Floats = npt.NDArray[np.float64]
 FitFold = Callable[[Ints], Policy]
 """Learns a policy on the given event rows (the calibration's folds call it once each)."""
 
+DEFAULT_FOLDS = 3
+DEFAULT_CONFIDENCE = 0.5
+"""Quality targets are met on the point estimate unless a higher one-sided confidence is asked for."""
 RELATIVE_LAMS: tuple[float, ...] = (0.0, *np.geomspace(1e-3, 10.0, 60).tolist())
 """The sweep, in units of ``1 / (the best single model's estimated cost per 1,000 requests)``."""
 
@@ -144,7 +148,7 @@ class CalibrationReport:
 def prompt_folds(prompts: Sequence[str], folds: int, salt: str = "calibrate") -> Ints:
     """A fold per event by a hash of its prompt text: repeats of one prompt share a fold."""
     if folds < 2:
-        raise ValueError(f"calibrate: 'folds' must be >= 2, got {folds}")
+        raise InvalidInput(f"calibrate: 'folds' must be >= 2, got {folds}")
     return np.array([int(hash_fraction(p, salt) * folds) for p in prompts], dtype=np.int64)
 
 
@@ -161,7 +165,7 @@ def out_of_fold_choices(
     for f in np.unique(fold):
         held = np.flatnonzero(fold == f)
         if held.size == events.n:
-            raise ValueError("calibrate: every event fell in one fold; the logs need more distinct prompts")
+            raise InvalidInput("calibrate: every event fell in one fold; the logs need more distinct prompts")
         policy = fit(np.flatnonzero(fold != f).astype(np.int64))
         groups: dict[tuple[str, ...], list[int]] = {}
         for i in held:
@@ -201,17 +205,17 @@ class Calibrator:
         embeddings: npt.NDArray[np.float32],
         fit: FitFold,
         *,
-        folds: int = 3,
+        folds: int = DEFAULT_FOLDS,
         relative_lams: Sequence[float] = RELATIVE_LAMS,
         reward_model: RewardModelConfig | None = None,
     ) -> None:
         if embeddings.shape[0] != events.n:
-            raise ValueError(f"calibrate: 'embeddings' has {embeddings.shape[0]} rows, the events {events.n}")
+            raise InvalidInput(f"calibrate: 'embeddings' has {embeddings.shape[0]} rows, the events {events.n}")
         k = len(events.models)
         self.events, self.folds = events, folds
         self.always = [j for j in range(k) if events.offered[:, j].all()]
         if not self.always:
-            raise ValueError("calibrate: no model was offered on every logged decision, so none can be the reference")
+            raise InvalidInput("calibrate: no model was offered on every logged decision, so none can be the reference")
         featurizer = Featurizer.fit(embeddings, FeatureConfig())
         cfg = reward_model or RewardModelConfig()
         q_hat, c_hat = (
@@ -235,15 +239,17 @@ class Calibrator:
         c = Linearization.combine("dr", [(w, self.linear[a][1]) for w, a in parts])
         return q, c
 
-    def report(self, target: Target, *, confidence: float = 0.5, alpha: float = 0.05) -> CalibrationReport:
+    def report(
+        self, target: Target, *, confidence: float = DEFAULT_CONFIDENCE, alpha: float = 0.05
+    ) -> CalibrationReport:
         """The operating point that meets ``target`` (see the module docstring), with its estimates."""
         if not 0.5 <= confidence < 1.0:
-            raise ValueError(f"calibrate: 'confidence' must lie in [0.5, 1), got {confidence}")
+            raise InvalidInput(f"calibrate: 'confidence' must lie in [0.5, 1), got {confidence}")
         models = self.events.models
         if target.reference is not None and target.reference not in models:
-            raise ValueError(f"calibrate: the target's reference model {target.reference!r} is not in the catalog")
+            raise InvalidInput(f"calibrate: the target's reference model {target.reference!r} is not in the catalog")
         if target.reference is not None and models.index(target.reference) not in self.always:
-            raise ValueError(
+            raise InvalidInput(
                 f"calibrate: reference model {target.reference!r} was not offered on every logged decision"
             )
         ref_arm = Arm(model=target.reference) if target.reference is not None else self.best
@@ -292,9 +298,9 @@ def calibrate(
     fit: FitFold,
     target: Target,
     *,
-    folds: int = 3,
+    folds: int = DEFAULT_FOLDS,
     relative_lams: Sequence[float] = RELATIVE_LAMS,
-    confidence: float = 0.5,
+    confidence: float = DEFAULT_CONFIDENCE,
     alpha: float = 0.05,
     reward_model: RewardModelConfig | None = None,
 ) -> CalibrationReport:

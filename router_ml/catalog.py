@@ -17,18 +17,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import polars as pl
-import tomllib
 
 from router_ml.atomic import atomic_write_text
+from router_ml.errors import InvalidInput, UnknownName
 
 
-class CatalogError(ValueError):
+class CatalogError(InvalidInput):
     """A catalog file or entry is malformed; the message names the model and field."""
 
 
@@ -95,7 +96,7 @@ class Catalog:
         try:
             return self._positions[name]
         except KeyError:
-            raise KeyError(f"model '{name}' is not in the catalog ({len(self.models)} models)") from None
+            raise UnknownName(f"model '{name}' is not in the catalog ({len(self.models)} models)") from None
 
     def spec(self, name: str) -> ModelSpec:
         """The entry for ``name``."""

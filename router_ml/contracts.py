@@ -17,6 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
+from router_ml.errors import InvalidInput
+
 BENCHMARK_COLUMNS: dict[str, str] = {
     "prompt_id": "string",
     "prompt": "string",
@@ -41,7 +43,7 @@ LOG_COLUMNS: dict[str, str] = {
 _SHOWN_ROWS = 5
 
 
-class DataValidationError(ValueError):
+class DataValidationError(InvalidInput):
     """A file or frame breaks a contract. ``column`` and ``rows`` (0-based, the first few) say where."""
 
     def __init__(self, what: str, column: str | None, problem: str, rows: list[int] | None = None) -> None:

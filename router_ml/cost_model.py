@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router_ml.catalog import Catalog
+from router_ml.errors import InvalidInput
 
 Floats = npt.NDArray[np.float64]
 
@@ -64,7 +65,7 @@ class CostModel:
     def observe_output_tokens(self, model: int, output_tokens: float) -> None:
         """Count one metered completion length of catalog model ``model``."""
         if not (math.isfinite(output_tokens) and output_tokens >= 0):
-            raise ValueError(f"costs: 'output_tokens' must be a finite number >= 0, got {output_tokens}")
+            raise InvalidInput(f"costs: 'output_tokens' must be a finite number >= 0, got {output_tokens}")
         self.output_sums[model] += output_tokens
         self.output_counts[model] += 1
 

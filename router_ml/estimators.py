@@ -52,6 +52,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from router_ml.errors import InvalidInput
+
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
 ArrayLike = npt.ArrayLike
@@ -62,9 +64,9 @@ _ROW_SUM_TOLERANCE = 1e-6
 def _as_float(name: str, value: ArrayLike, ndim: int) -> Floats:
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim != ndim:
-        raise ValueError(f"estimators: '{name}' must be {ndim}-D, got shape {arr.shape}")
+        raise InvalidInput(f"estimators: '{name}' must be {ndim}-D, got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"estimators: '{name}' has non-finite values (first at {np.argwhere(~np.isfinite(arr))[0]})")
+        raise InvalidInput(f"estimators: '{name}' has non-finite values (first at {np.argwhere(~np.isfinite(arr))[0]})")
     return arr
 
 
@@ -91,37 +93,37 @@ class BanditFeedback:
     def __post_init__(self) -> None:
         raw_actions = np.asarray(self.actions)
         if raw_actions.ndim != 1:
-            raise ValueError(f"estimators: 'actions' must be 1-D, got shape {raw_actions.shape}")
+            raise InvalidInput(f"estimators: 'actions' must be 1-D, got shape {raw_actions.shape}")
         if raw_actions.size and not np.issubdtype(raw_actions.dtype, np.integer):
-            raise ValueError(f"estimators: 'actions' must hold integer action indices, got dtype {raw_actions.dtype}")
+            raise InvalidInput(f"estimators: 'actions' must hold integer action indices, got dtype {raw_actions.dtype}")
         actions = raw_actions.astype(np.int64)
         n = actions.shape[0]
         if n == 0:
-            raise ValueError("estimators: 'actions' is empty; need at least one logged event")
+            raise InvalidInput("estimators: 'actions' is empty; need at least one logged event")
         rewards = _as_float("rewards", self.rewards, 1)
         propensities = _as_float("propensities", self.propensities, 1)
         target = _as_float("target", self.target, 2)
         for name, arr in (("rewards", rewards), ("propensities", propensities)):
             if arr.shape[0] != n:
-                raise ValueError(f"estimators: '{name}' has {arr.shape[0]} rows, 'actions' has {n}")
+                raise InvalidInput(f"estimators: '{name}' has {arr.shape[0]} rows, 'actions' has {n}")
         if target.shape[0] != n:
-            raise ValueError(f"estimators: 'target' has {target.shape[0]} rows, 'actions' has {n}")
+            raise InvalidInput(f"estimators: 'target' has {target.shape[0]} rows, 'actions' has {n}")
         k = target.shape[1]
         if k == 0:
-            raise ValueError("estimators: 'target' needs at least one action column")
+            raise InvalidInput("estimators: 'target' needs at least one action column")
         bad = np.flatnonzero((actions < 0) | (actions >= k))
         if bad.size:
-            raise ValueError(f"estimators: 'actions' must lie in [0, {k}), first bad row {bad[0]}: {actions[bad[0]]}")
+            raise InvalidInput(f"estimators: 'actions' must lie in [0, {k}), first bad row {bad[0]}: {actions[bad[0]]}")
         bad = np.flatnonzero(~((propensities > 0) & (propensities <= 1)))
         if bad.size:
-            raise ValueError(
+            raise InvalidInput(
                 f"estimators: 'propensities' must lie in (0, 1], first bad row {bad[0]}: {propensities[bad[0]]}"
             )
         if (target < 0).any():
-            raise ValueError(f"estimators: 'target' has negative probabilities (row {np.argwhere(target < 0)[0][0]})")
+            raise InvalidInput(f"estimators: 'target' has negative probabilities (row {np.argwhere(target < 0)[0][0]})")
         bad = np.flatnonzero(np.abs(target.sum(axis=1) - 1.0) > _ROW_SUM_TOLERANCE)
         if bad.size:
-            raise ValueError(f"estimators: 'target' rows must sum to 1, row {bad[0]} sums to {target[bad[0]].sum()}")
+            raise InvalidInput(f"estimators: 'target' rows must sum to 1, row {bad[0]} sums to {target[bad[0]].sum()}")
         object.__setattr__(self, "actions", actions)
         object.__setattr__(self, "rewards", rewards)
         object.__setattr__(self, "propensities", propensities)
@@ -129,7 +131,7 @@ class BanditFeedback:
         if self.reward_hat is not None:
             reward_hat = _as_float("reward_hat", self.reward_hat, 2)
             if reward_hat.shape != target.shape:
-                raise ValueError(f"estimators: 'reward_hat' has shape {reward_hat.shape}, 'target' {target.shape}")
+                raise InvalidInput(f"estimators: 'reward_hat' has shape {reward_hat.shape}, 'target' {target.shape}")
             object.__setattr__(self, "reward_hat", reward_hat)
 
     @property
@@ -175,7 +177,10 @@ class BanditFeedback:
 
     def _require_reward_hat(self, method: str) -> Floats:
         if self.reward_hat is None:
-            raise ValueError(f"estimators: {method} needs 'reward_hat' (a reward model's predictions for every action)")
+            raise InvalidInput(
+                f"estimators: {method} needs 'reward_hat' (a reward model's predictions for every"
+                f" action)"
+            )
         return self.reward_hat
 
 
@@ -221,7 +226,7 @@ class OffPolicyEstimator(Protocol):
 
 def _z(alpha: float) -> float:
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"estimators: 'alpha' must lie in (0, 1), got {alpha}")
+        raise InvalidInput(f"estimators: 'alpha' must lie in (0, 1), got {alpha}")
     return NormalDist().inv_cdf(1.0 - alpha / 2.0)
 
 
@@ -257,7 +262,7 @@ class Linearization:
         ``(1, a), (-1, b)``. Every estimator here is linear in the target, so the mixture's estimate is the
         combination of the targets' estimates, with their correlation carried by the summed influence terms."""
         if not parts or len({p.n for _, p in parts}) != 1:
-            raise ValueError("estimators: combine needs at least one linearization, all on the same events")
+            raise InvalidInput("estimators: combine needs at least one linearization, all on the same events")
         value = float(sum(c * p.value for c, p in parts))
         influence = np.sum([c * p.influence for c, p in parts], axis=0)
         return cls(method, value, influence, min(p.ess for _, p in parts))
@@ -276,7 +281,7 @@ class Linearization:
 
 def _check_clip(clip: float | None) -> None:
     if clip is not None and not (np.isfinite(clip) and clip > 0):
-        raise ValueError(f"estimators: 'clip' must be a finite number > 0 or None, got {clip}")
+        raise InvalidInput(f"estimators: 'clip' must be a finite number > 0 or None, got {clip}")
 
 
 def _clipped_name(base: str, clip: float | None) -> str:
@@ -437,7 +442,7 @@ def paired_difference(
         or not np.array_equal(first.actions, second.actions)
         or not np.array_equal(first.propensities, second.propensities)
     ):
-        raise ValueError("estimators: a paired difference needs the same logged events ('actions', 'propensities')")
+        raise InvalidInput("estimators: a paired difference needs the same logged events ('actions', 'propensities')")
     a, b = estimator.linearize(first), estimator.linearize(second)
     return Linearization.combine(f"{a.method} difference", [(1.0, a), (-1.0, b)]).estimate(alpha)
 
@@ -461,7 +466,7 @@ def estimate_all(
         estimators = ALL_ESTIMATORS if feedback.reward_hat is not None else IMPORTANCE_ESTIMATORS
     names = [e.name for e in estimators]
     if len(set(names)) != len(names):
-        raise ValueError(f"estimators: estimator names must be distinct, got {names}")
+        raise InvalidInput(f"estimators: estimator names must be distinct, got {names}")
     return {e.name: e.estimate(feedback, alpha=alpha) for e in estimators}
 
 
@@ -482,7 +487,7 @@ def bootstrap(
     """
     _z(alpha)
     if n_boot < 2:
-        raise ValueError(f"estimators: 'n_boot' must be >= 2, got {n_boot}")
+        raise InvalidInput(f"estimators: 'n_boot' must be >= 2, got {n_boot}")
     point = estimator.estimate(feedback, alpha=alpha)
     rng = np.random.default_rng(seed)
     values = np.array(

@@ -36,11 +36,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import polars as pl
 
-from router_ml.catalog import Catalog
-from router_ml.contracts import graded_only
 from router_ml.cost_model import estimate_tokens
+from router_ml.errors import InvalidInput
 from router_ml.estimators import (
     IPS,
     SNIPS,
@@ -52,7 +50,9 @@ from router_ml.estimators import (
     Linearization,
     paired_difference,
 )
+from router_ml.events import LoggedEvents
 from router_ml.policy import Policy
+from router_ml.reward import reward
 from router_ml.reward_model import RewardModelConfig, cross_fit_predict
 
 Floats = npt.NDArray[np.float64]
@@ -62,56 +62,6 @@ Bools = npt.NDArray[np.bool_]
 HEADLINE = "dr"
 PAIRED = ("dr", "snips")
 DM_NOTE = "DM's interval treats the reward model as exact, so it ignores the model's bias; do not read it as coverage"
-
-
-@dataclass(frozen=True, eq=False)
-class LoggedEvents:
-    """Graded logged events mapped onto a catalog (action ``j`` is ``models[j]``); ungraded rows are counted."""
-
-    prompts: list[str]
-    candidates: list[tuple[str, ...]]
-    actions: Ints
-    quality: Floats
-    cost_usd: Floats
-    propensities: Floats
-    offered: Bools
-    models: list[str]
-    n_ungraded: int
-    logging_policies: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_logs(cls, logs: pl.DataFrame, catalog: Catalog) -> LoggedEvents:
-        """Events from validated logs (:func:`router_ml.contracts.load_logs`); every model must be in ``catalog``."""
-        split = graded_only(logs)
-        graded = split.graded
-        if graded.height < 2:
-            raise ValueError(
-                f"evaluate: need at least 2 graded events, got {graded.height} ({split.n_ungraded} ungraded skipped)"
-            )
-        catalog.require(graded["model"].unique().to_list(), "evaluate: logs 'model'")
-        catalog.require(graded["candidates"].explode().unique().to_list(), "evaluate: logs 'candidates'")
-        index = {m: j for j, m in enumerate(catalog.names)}
-        candidates = [tuple(c) for c in graded["candidates"].to_list()]
-        offered = np.zeros((graded.height, len(catalog)), dtype=np.bool_)
-        for i, cands in enumerate(candidates):
-            offered[i, [index[m] for m in cands]] = True
-        return cls(
-            prompts=graded["prompt"].to_list(),
-            candidates=candidates,
-            actions=np.array([index[m] for m in graded["model"].to_list()], dtype=np.int64),
-            quality=graded["quality"].to_numpy().astype(np.float64),
-            cost_usd=graded["cost_usd"].to_numpy().astype(np.float64),
-            propensities=graded["propensity"].to_numpy().astype(np.float64),
-            offered=offered,
-            models=catalog.names,
-            n_ungraded=split.n_ungraded,
-            logging_policies=sorted(graded["policy_version"].unique().to_list()),
-        )
-
-    @property
-    def n(self) -> int:
-        """Number of graded events."""
-        return int(self.actions.shape[0])
 
 
 def target_distribution(
@@ -134,7 +84,7 @@ def target_distribution(
         out[idx] = policy.predict_many(embeddings[idx], list(cands), prompt_tokens=tokens[idx], lam=lam)
     total = out.sum(axis=1, keepdims=True)
     if (total <= 0).any():
-        raise ValueError(f"evaluate: the policy gave no probability to any candidate (row {int(np.argmin(total))})")
+        raise InvalidInput(f"evaluate: the policy gave no probability to any candidate (row {int(np.argmin(total))})")
     normalised: Floats = out / total  # VW's float32 probabilities can miss 1 by ~1e-7
     return normalised
 
@@ -302,7 +252,10 @@ class GateDecision:
 def gate(challenger: Evaluation, holder: Evaluation) -> GateDecision:
     """Passed when the challenger's DR reward lower bound is above the holder's DR reward estimate."""
     if challenger.lam != holder.lam or challenger.n_events != holder.n_events:
-        raise ValueError("evaluate: a promotion gate needs both policies evaluated on the same logs with the same lam")
+        raise InvalidInput(
+            "evaluate: a promotion gate needs both policies evaluated on the same logs with"
+            " the same lam"
+        )
     mine, theirs = challenger.policy.reward[HEADLINE], holder.policy.reward[HEADLINE]
     return GateDecision(bool(mine.low > theirs.value), mine, theirs, challenger.lam, challenger.n_events)
 
@@ -325,21 +278,21 @@ def evaluate_policy(
     ``clip`` caps the importance weights of IPS, SNIPS and DR.
     """
     if events.models != policy.catalog.names:
-        raise ValueError("evaluate: the events must be mapped onto the policy's catalog (LoggedEvents.from_logs)")
+        raise InvalidInput("evaluate: the events must be mapped onto the policy's catalog (LoggedEvents.from_logs)")
     if embeddings.shape[0] != events.n:
-        raise ValueError(f"evaluate: 'embeddings' has {embeddings.shape[0]} rows, the events {events.n}")
+        raise InvalidInput(f"evaluate: 'embeddings' has {embeddings.shape[0]} rows, the events {events.n}")
     decide_at = lam
     lam = policy.config.lam if lam is None else float(lam)
     if not (np.isfinite(lam) and lam >= 0):
-        raise ValueError(f"evaluate: 'lam' must be a finite number >= 0, got {lam}")
+        raise InvalidInput(f"evaluate: 'lam' must be a finite number >= 0, got {lam}")
     estimators = estimator_set(clip)  # checks 'clip' before any model is fitted
-    k, scale = len(policy.catalog), lam * 1000.0
+    k = len(policy.catalog)
     cfg = reward_model or RewardModelConfig()
     q_hat, c_hat = (
         cross_fit_predict(policy.featurizer, embeddings, events.actions, outcome, k, folds=folds, config=cfg)
         for outcome in (events.quality, events.cost_usd)
     )
-    scorer = _Scorer(events, q_hat, c_hat, scale, estimators, alpha)
+    scorer = _Scorer(events, q_hat, c_hat, lam, estimators, alpha)
 
     tokens = [estimate_tokens(p) for p in events.prompts]
     exploring = target_distribution(policy, embeddings, events.candidates, tokens, lam=decide_at)
@@ -388,12 +341,12 @@ class _Scorer:
         events: LoggedEvents,
         q_hat: Floats,
         c_hat: Floats,
-        scale: float,
+        lam: float,
         estimators: dict[str, LinearEstimator],
         alpha: float,
     ) -> None:
         self.events = events
-        self.q_hat, self.c_hat, self.scale = q_hat, c_hat, scale
+        self.q_hat, self.c_hat, self.lam = q_hat, c_hat, lam
         self.estimators = estimators
         self.alpha = alpha
 
@@ -401,10 +354,10 @@ class _Scorer:
         e = self.events
         quality = BanditFeedback(e.actions[rows], e.quality[rows], e.propensities[rows], target[rows], self.q_hat[rows])
         cost = quality.with_outcome(e.cost_usd[rows], self.c_hat[rows])
-        reward = quality.with_outcome(
-            quality.rewards - self.scale * cost.rewards, self.q_hat[rows] - self.scale * self.c_hat[rows]
+        rewards = quality.with_outcome(
+            reward(quality.rewards, cost.rewards, self.lam), reward(self.q_hat[rows], self.c_hat[rows], self.lam)
         )
-        return {"quality": quality, "cost_usd": cost, "reward": reward}
+        return {"quality": quality, "cost_usd": cost, "reward": rewards}
 
     def target(self, name: str, kind: str, target: Floats, rows: Ints, model: str | None = None) -> TargetEstimates:
         fbs = self.feedbacks(target, rows)
@@ -419,7 +372,7 @@ class _Scorer:
 
     def logging(self) -> TargetEstimates:
         e = self.events
-        outcomes = {"quality": e.quality, "cost_usd": e.cost_usd, "reward": e.quality - self.scale * e.cost_usd}
+        outcomes = {"quality": e.quality, "cost_usd": e.cost_usd, "reward": reward(e.quality, e.cost_usd, self.lam)}
         found = {
             key: {"on_policy": Linearization.of_mean("on-policy", values, float(e.n)).estimate(self.alpha)}
             for key, values in outcomes.items()

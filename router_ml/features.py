@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from router_ml.errors import InvalidInput
+
 SHARED_NAMESPACES = ("c", "e")
 ACTION_NAMESPACES = ("m", "p")
 
@@ -62,19 +64,22 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         if any(k < 2 for k in self.clusters):
-            raise ValueError(f"features: every cluster count must be >= 2, got {self.clusters}")
+            raise InvalidInput(f"features: every cluster count must be >= 2, got {self.clusters}")
         for pair in self.interactions:
             if len(pair) != 2 or pair[0] not in SHARED_NAMESPACES or pair[1] not in ACTION_NAMESPACES:
-                raise ValueError(
+                raise InvalidInput(
                     f"features: interaction {pair!r} must pair a shared namespace {SHARED_NAMESPACES} "
                     f"with an action namespace {ACTION_NAMESPACES}"
                 )
         if not self.embedding and any(pair[0] == "e" for pair in self.interactions):
-            raise ValueError("features: an interaction with 'e' needs the raw embedding (embedding=True, --embedding)")
+            raise InvalidInput(
+                "features: an interaction with 'e' needs the raw embedding (embedding=True,"
+                " --embedding)"
+            )
         if not self.clusters and any(pair[0] == "c" for pair in self.interactions):
-            raise ValueError("features: an interaction with 'c' needs at least one cluster granularity")
+            raise InvalidInput("features: an interaction with 'c' needs at least one cluster granularity")
         if not self.clusters and not self.embedding:
-            raise ValueError("features: enable the embedding or at least one cluster granularity")
+            raise InvalidInput("features: enable the embedding or at least one cluster granularity")
 
     @classmethod
     def parse(cls, clusters: str, embedding: bool, interactions: str, seed: int = 0) -> FeatureConfig:
@@ -82,7 +87,7 @@ class FeatureConfig:
         try:
             ks = tuple(int(k) for k in clusters.split(",") if k.strip())
         except ValueError as exc:
-            raise ValueError(f"features: --clusters must be comma-separated integers, got {clusters!r}") from exc
+            raise InvalidInput(f"features: --clusters must be comma-separated integers, got {clusters!r}") from exc
         pairs = tuple(p.strip() for p in interactions.split(",") if p.strip())
         return cls(clusters=ks, embedding=embedding, interactions=pairs, seed=seed)
 
@@ -105,12 +110,15 @@ class Featurizer:
         from sklearn.cluster import KMeans
 
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-            raise ValueError("features: need a non-empty 2-D embedding matrix to fit clusters")
+            raise InvalidInput("features: need a non-empty 2-D embedding matrix to fit clusters")
         distinct = np.unique(embeddings, axis=0)
         centroids = []
         for k in config.clusters:
             if distinct.shape[0] < k:
-                raise ValueError(f"features: {k} clusters need at least {k} distinct prompts, got {distinct.shape[0]}")
+                raise InvalidInput(
+                    f"features: {k} clusters need at least {k} distinct prompts, got"
+                    f" {distinct.shape[0]}"
+                )
             km = KMeans(n_clusters=k, n_init=3, random_state=config.seed).fit(distinct)
             centroids.append(km.cluster_centers_.astype(np.float32))
         return cls(config=config, dim=int(embeddings.shape[1]), centroids=centroids)
@@ -127,7 +135,7 @@ class Featurizer:
     def shared(self, embeddings: npt.NDArray[np.float32]) -> list[Context]:
         """Shared-context features for each row of ``embeddings``."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(f"features: expected embeddings of width {self.dim}, got shape {embeddings.shape}")
+            raise InvalidInput(f"features: expected embeddings of width {self.dim}, got shape {embeddings.shape}")
         emb_index = _embedding_indices(self.dim)
         cluster_ids = self.assign(embeddings) if self.centroids else None
         cluster_table = _cluster_indices(tuple(len(c) for c in self.centroids))
@@ -148,7 +156,7 @@ class Featurizer:
         (the reward model). The raw embedding is always included, whether or not VW gets it as namespace ``e``.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(f"features: expected embeddings of width {self.dim}, got shape {embeddings.shape}")
+            raise InvalidInput(f"features: expected embeddings of width {self.dim}, got shape {embeddings.shape}")
         n = embeddings.shape[0]
         parts: list[npt.NDArray[np.float32]] = [np.asarray(embeddings, dtype=np.float32)]
         if self.centroids:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from router_ml.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class FrontierSummary:
@@ -48,7 +50,7 @@ def cost_at(points: Sequence[tuple[float, float]], quality: float, ref_cost: flo
 def running_max_auc(points: Sequence[tuple[float, float]], ref_cost: float) -> float:
     """Normalised area under the running maximum of quality over cost on ``[0, ref_cost]``."""
     if ref_cost <= 0:
-        raise ValueError("frontier: the reference cost must be > 0")
+        raise InvalidInput("frontier: the reference cost must be > 0")
     inside = sorted((c, q) for c, q in points if c <= ref_cost)
     area, best = 0.0, 0.0
     edges = [c for c, _ in inside] + [ref_cost]
@@ -61,7 +63,7 @@ def running_max_auc(points: Sequence[tuple[float, float]], ref_cost: float) -> f
 def summarise(points: Sequence[tuple[float, float]], best_quality: float, best_cost: float) -> FrontierSummary:
     """The four numbers of a router's points against the best single model."""
     if not points:
-        raise ValueError("frontier: a router needs at least one (cost, quality) point")
+        raise InvalidInput("frontier: a router needs at least one (cost, quality) point")
     return FrontierSummary(
         q_max=float(max(q for _, q in points)),
         cost_at_parity=cost_at(points, best_quality, best_cost),

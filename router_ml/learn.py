@@ -17,9 +17,12 @@ from router_ml.catalog import Catalog
 from router_ml.contracts import graded_only
 from router_ml.cost_model import estimate_tokens
 from router_ml.embed import Embedder
+from router_ml.errors import InvalidInput
+from router_ml.events import LoggedEvents
 from router_ml.features import FeatureConfig, Featurizer
 from router_ml.fullinfo import FullInfo
 from router_ml.policy import Policy, PolicyConfig
+from router_ml.reward import reward
 
 _CHUNK = 512
 
@@ -69,11 +72,11 @@ def train_policy(
     config's seed. ``warm_start`` continues an existing policy (its features are kept).
     """
     if passes < 1:
-        raise ValueError(f"train: 'passes' must be >= 1, got {passes}")
+        raise InvalidInput(f"train: 'passes' must be >= 1, got {passes}")
     split = graded_only(logs)
     graded = split.graded
     if graded.height == 0:
-        raise ValueError(f"train: no graded events to learn from ({split.n_ungraded} ungraded rows skipped)")
+        raise InvalidInput(f"train: no graded events to learn from ({split.n_ungraded} ungraded rows skipped)")
     catalog.require(graded["model"].unique().to_list(), "train: logs 'model'")
     catalog.require(graded["candidates"].explode().unique().to_list(), "train: logs 'candidates'")
     t0 = time.perf_counter()
@@ -135,22 +138,9 @@ def fit_graded(
         learn_seconds=time.perf_counter() - t1,
         progressive_quality=float((w * qualities).sum() / norm),
         progressive_cost_usd=float((w * costs).sum() / norm),
-        progressive_reward=float((w * np.array([config.reward(q, c) for q, c in zip(qualities, costs)])).sum() / norm),
+        progressive_reward=float((w * reward(qualities, costs, config.lam)).sum() / norm),
     )
     return policy, report
-
-
-@dataclass(frozen=True)
-class OnlineLog:
-    """What an online run served: per event the prompt row, the cost weight it was served at, the chosen model
-    index and its probability, and the outcome."""
-
-    rows: npt.NDArray[np.int64]
-    lams: npt.NDArray[np.float64]
-    chosen: npt.NDArray[np.int64]
-    propensity: npt.NDArray[np.float64]
-    quality: npt.NDArray[np.float64]
-    cost: npt.NDArray[np.float64]
 
 
 def learn_online(
@@ -162,9 +152,10 @@ def learn_online(
     lams: tuple[float, float],
     seed: int = 0,
     progress: bool = False,
-) -> OnlineLog:
+) -> LoggedEvents:
     """Serve a seeded stream of prompts drawn uniformly from ``table``: decide (exploring), observe only the
     chosen model's outcome, learn from it at once. The way the service runs, with the benchmark as the grader.
+    Returns what it served, as logged events.
 
     Each request carries its own cost weight, drawn log-uniformly from ``lams = (low, high)`` (one value when
     ``low == high``), as tenants with different weights share one service: the policy explores where each of
@@ -172,10 +163,10 @@ def learn_online(
     ``table.prompts``.
     """
     if table.models != policy.catalog.names:
-        raise ValueError("online: the table's models must be the policy's catalog, in order")
+        raise InvalidInput("online: the table's models must be the policy's catalog, in order")
     low, high = lams
     if not (0 < low <= high and np.isfinite(high)):
-        raise ValueError(f"online: 'lams' must be a range 0 < low <= high, got {lams}")
+        raise InvalidInput(f"online: 'lams' must be a range 0 < low <= high, got {lams}")
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, len(table.prompts), size=n_events)
     served = np.exp(rng.uniform(np.log(low), np.log(high), size=n_events))
@@ -191,4 +182,4 @@ def learn_online(
         chosen[i], propensity[i] = policy.decide_and_learn(
             contexts[r], rng, table.quality[r], table.cost[r], cands, prompt_tokens=tokens[r], lam=float(served[i])
         )
-    return OnlineLog(rows, served, chosen, propensity, table.quality[rows, chosen], table.cost[rows, chosen])
+    return LoggedEvents.served(table, rows, chosen, propensity, served, f"online:{low:g}-{high:g}")

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from router_ml.errors import RouterMLError
+
 Durability = Literal["full", "normal"]
 SCHEMA_VERSION = 2
 _FEEDBACK_LOCK = 7_365_001
@@ -36,7 +38,7 @@ LEARNER_LOCK = 7_365_003
 """The advisory lock a single learner holds on a PostgreSQL log for as long as it runs."""
 
 
-class LogUnavailable(RuntimeError):
+class LogUnavailable(RouterMLError, RuntimeError):
     """The log cannot be written or read now (disk full, read-only, locked, database unreachable, I/O error)."""
 
 

@@ -32,9 +32,9 @@ import numpy.typing as npt
 
 from router_ml import settings
 from router_ml.atomic import atomic_write_with
-from router_ml.embed import DEFAULT_EMBEDDER, Matrix, default_model_path
+from router_ml.embed import DEFAULT_BATCH_SIZE, EmbedderSpec, Matrix, default_model_path
+from router_ml.errors import InvalidInput, MissingInput
 
-ONNX_THREADS_ENV = "ROUTER_ML_ONNX_THREADS"
 # Bump when the export, the graph or the quantisation recipe changes: cached models of other versions are ignored.
 RECIPE_VERSION = 1
 Precision = Literal["fp32", "int8"]
@@ -62,22 +62,16 @@ def physical_cores() -> int:
 
 
 def onnx_threads(requested: int | None = None) -> int:
-    """Intra-op threads for ONNX Runtime: ``requested``, else ``$ROUTER_ML_ONNX_THREADS``, else
-    ``min(physical cores, 4)``.
+    """Intra-op threads for ONNX Runtime: ``requested``, else ``$ROUTER_ML_ONNX_THREADS``
+    (:func:`router_ml.settings.onnx_threads`), else ``min(physical cores, 4)``.
 
     The threads do not spin while waiting for work (``session.intra_op.allow_spinning = 0``), so a second thread
     does not collapse when another process shares the CPU (measured by ``benchmarks/embed_speed.py --contend``).
     """
     if requested is None:
-        raw = os.environ.get(ONNX_THREADS_ENV)
-        if raw is None:
-            return min(physical_cores(), 4)
-        try:
-            requested = int(raw)
-        except ValueError as exc:
-            raise ValueError(f"{ONNX_THREADS_ENV} must be a positive integer, got {raw!r}") from exc
+        return settings.onnx_threads() or min(physical_cores(), 4)
     if requested < 1:
-        raise ValueError(f"onnx threads must be >= 1, got {requested}")
+        raise InvalidInput(f"onnx threads must be >= 1, got {requested}")
     return requested
 
 
@@ -116,7 +110,7 @@ def _check_mean_pooling(path: Path) -> None:
         if str(entry.get("type", "")).endswith("Pooling"):
             cfg = path / str(entry.get("path", "")) / "config.json"
             if cfg.exists() and not _read_json(cfg).get("pooling_mode_mean_tokens", False):
-                raise ValueError(f"onnx embedder: {path} does not use mean pooling; use the torch backend")
+                raise InvalidInput(f"onnx embedder: {path} does not use mean pooling; use the torch backend")
 
 
 def _model_max_len(path: Path) -> tuple[int, int]:
@@ -129,8 +123,7 @@ def _model_max_len(path: Path) -> tuple[int, int]:
 
 def export_onnx(model_dir: Path, out: Path) -> None:
     """Export the folder's transformer (hidden states, no pooling) to ONNX at ``out``; needs torch and onnx."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    settings.offline_models()
     import warnings
 
     import torch
@@ -221,11 +214,10 @@ class OnnxEmbedder:
         self,
         model_path: str | Path | None = None,
         *,
-        name: str | None = None,
         precision: Precision = "fp32",
         max_len: int | None = None,
         threads: int | None = None,
-        batch_size: int = 16,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         home: Path | None = None,
         allow_spinning: bool = False,
     ) -> None:
@@ -234,21 +226,22 @@ class OnnxEmbedder:
 
         path = Path(model_path) if model_path is not None else default_model_path()
         if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
-            raise FileNotFoundError(f"onnx embedder: {path} needs config.json and tokenizer.json (a fast tokenizer)")
+            raise MissingInput(f"onnx embedder: {path} needs config.json and tokenizer.json (a fast tokenizer)")
         if precision not in PRECISIONS:
-            raise ValueError(f"onnx embedder: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            raise InvalidInput(f"onnx embedder: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         _check_mean_pooling(path)
         default_len, limit = _model_max_len(path)
         if max_len is None:
             max_len = default_len
         if isinstance(max_len, bool) or not isinstance(max_len, int) or not 2 <= max_len <= limit:
-            raise ValueError(
+            raise InvalidInput(
                 f"onnx embedder: max_len must be an integer from 2 to {limit} (the model's max_position_embeddings),"
                 f" got {max_len!r}"
             )
         if batch_size < 1:
-            raise ValueError(f"onnx embedder: batch_size must be >= 1, got {batch_size}")
-        base = name or (DEFAULT_EMBEDDER if model_path is None else path.name)
+            raise InvalidInput(f"onnx embedder: batch_size must be >= 1, got {batch_size}")
+        self._spec = EmbedderSpec("onnx", None if model_path is None else str(model_path), max_len)
+        base = self._spec.label
         self.model_path = path
         self.onnx_path = ensure_onnx(path, max_len, precision, home, label=base)
         self.max_len = max_len
@@ -271,10 +264,16 @@ class OnnxEmbedder:
         self._inputs = {i.name for i in self._session.get_inputs()}
         out_shape = self._session.get_outputs()[0].shape
         self._dim = int(out_shape[-1]) if isinstance(out_shape[-1], int) else int(self._probe_dim())
-        self._name = f"{base}-onnx-{precision}@{max_len}"
+        self._name = self._spec.name if precision == "fp32" else f"{base}-onnx-{precision}@{max_len}"
 
     def _probe_dim(self) -> int:
         return int(self._run([self._tokenizer.encode("").ids]).shape[1])
+
+    @property
+    def spec(self) -> EmbedderSpec:
+        """``onnx``, the model folder and the truncation length (an ``int8`` model is for measurement only and has
+        no spec of its own)."""
+        return self._spec
 
     @property
     def name(self) -> str:

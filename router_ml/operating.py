@@ -27,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from router_ml.errors import InvalidInput
+
 Floats = npt.NDArray[np.float64]
 
 
@@ -39,9 +41,9 @@ class Arm:
 
     def __post_init__(self) -> None:
         if (self.lam is None) == (self.model is None):
-            raise ValueError("operating point: an arm is either a router 'lam' or a fixed 'model', not both")
+            raise InvalidInput("operating point: an arm is either a router 'lam' or a fixed 'model', not both")
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"operating point: 'lam' must be a finite number >= 0, got {self.lam}")
+            raise InvalidInput(f"operating point: 'lam' must be a finite number >= 0, got {self.lam}")
 
     @property
     def label(self) -> str:
@@ -62,9 +64,9 @@ class OperatingPoint:
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.arms) <= 2 or len(self.weights) != len(self.arms):
-            raise ValueError("operating point: one or two arms, with one weight each")
+            raise InvalidInput("operating point: one or two arms, with one weight each")
         if any(not (0.0 <= w <= 1.0) for w in self.weights) or abs(sum(self.weights) - 1.0) > 1e-9:
-            raise ValueError(f"operating point: 'weights' must lie in [0, 1] and sum to 1, got {self.weights}")
+            raise InvalidInput(f"operating point: 'weights' must lie in [0, 1] and sum to 1, got {self.weights}")
 
     @classmethod
     def router(cls, lam: float) -> OperatingPoint:
@@ -116,9 +118,9 @@ class Target:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.value) and self.value > 0):
-            raise ValueError(f"target: the value must be a number > 0, got {self.value}")
+            raise InvalidInput(f"target: the value must be a number > 0, got {self.value}")
         if self.kind == "quality" and self.value > 1.5:
-            raise ValueError(f"target: a quality target is a fraction of the reference's quality, got {self.value}")
+            raise InvalidInput(f"target: a quality target is a fraction of the reference's quality, got {self.value}")
 
     @classmethod
     def parse(cls, text: str) -> Target:
@@ -134,12 +136,12 @@ class Target:
                 if value.endswith("%"):
                     return cls("budget", float(value[:-1]) / 100.0, model or None, relative=True)
                 if model:
-                    raise ValueError("an absolute budget names no model")
+                    raise InvalidInput("an absolute budget names no model")
                 return cls("budget", float(value))
         except ValueError as exc:
-            raise ValueError(f"target: cannot read {text!r}: {exc}") from exc
+            raise InvalidInput(f"target: cannot read {text!r}: {exc}") from exc
         forms = "parity[:MODEL], quality:FRACTION[:MODEL], budget:USD_PER_1K or budget:PCT%[:MODEL]"
-        raise ValueError(f"target: {text!r} is not {forms}")
+        raise InvalidInput(f"target: {text!r} is not {forms}")
 
     @property
     def label(self) -> str:
@@ -215,7 +217,7 @@ def choose(values: Sequence[ArmValue], kind: TargetKind, goal: float) -> Choice:
     (``budget``). When no point meets it, the closest one (the best quality, or the cheapest) with ``met=False``."""
     hull = upper_hull(values)
     if not hull:
-        raise ValueError("operating point: no arms to choose from")
+        raise InvalidInput("operating point: no arms to choose from")
     if kind == "quality":
         if hull[-1].quality < goal:
             return _mix(hull[-1], hull[-1], 0.0, False)

@@ -34,8 +34,11 @@ from router_ml.bounded import ByteLRU
 from router_ml.budget import retarget, score_gaps
 from router_ml.catalog import Catalog
 from router_ml.cost_model import CostModel
+from router_ml.errors import InvalidInput
 from router_ml.features import Context, FeatureGroup, Featurizer, action_features
 from router_ml.operating import Arm, OperatingPoint
+from router_ml.reward import reward
+from router_ml.sampling import draw
 
 Exploration = Literal["squarecb", "epsilon"]
 Learns = Literal["quality", "reward"]
@@ -94,25 +97,25 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.lam) or self.lam < 0:
-            raise ValueError(f"policy: 'lam' must be a finite number >= 0, got {self.lam}")
+            raise InvalidInput(f"policy: 'lam' must be a finite number >= 0, got {self.lam}")
         if self.exploration not in ("squarecb", "epsilon"):
-            raise ValueError(f"policy: 'exploration' must be 'squarecb' or 'epsilon', got {self.exploration!r}")
+            raise InvalidInput(f"policy: 'exploration' must be 'squarecb' or 'epsilon', got {self.exploration!r}")
         if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"policy: 'epsilon' must lie in [0, 1], got {self.epsilon}")
+            raise InvalidInput(f"policy: 'epsilon' must lie in [0, 1], got {self.epsilon}")
         if self.max_weight is not None and self.max_weight < 1:
-            raise ValueError(f"policy: 'max_weight' must be >= 1 (or unset), got {self.max_weight}")
+            raise InvalidInput(f"policy: 'max_weight' must be >= 1 (or unset), got {self.max_weight}")
         if self.power_t < 0:
-            raise ValueError(f"policy: 'power_t' must be >= 0, got {self.power_t}")
+            raise InvalidInput(f"policy: 'power_t' must be >= 0, got {self.power_t}")
         if self.gamma_scale <= 0 or self.learning_rate <= 0:
-            raise ValueError("policy: 'gamma_scale' and 'learning_rate' must be > 0")
+            raise InvalidInput("policy: 'gamma_scale' and 'learning_rate' must be > 0")
         if not 10 <= self.bits <= 28:
-            raise ValueError(f"policy: 'bits' must lie in [10, 28], got {self.bits}")
+            raise InvalidInput(f"policy: 'bits' must lie in [10, 28], got {self.bits}")
         if self.learns is None:
             object.__setattr__(self, "learns", "quality" if self.exploration == "squarecb" else "reward")
         if self.learns not in ("quality", "reward"):
-            raise ValueError(f"policy: 'learns' must be 'quality' or 'reward', got {self.learns!r}")
+            raise InvalidInput(f"policy: 'learns' must be 'quality' or 'reward', got {self.learns!r}")
         if self.learns == "quality" and self.exploration != "squarecb":
-            raise ValueError("policy: only squarecb can be re-priced for lam, so epsilon exploration learns 'reward'")
+            raise InvalidInput("policy: only squarecb can be re-priced for lam, so epsilon exploration learns 'reward'")
 
     @property
     def learned_lam(self) -> float:
@@ -120,13 +123,9 @@ class PolicyConfig:
         the reward itself (epsilon-greedy, and policies trained before quality learning)."""
         return 0.0 if self.learns == "quality" else self.lam
 
-    def reward(self, quality: float, cost_usd: float) -> float:
-        """``quality - lam * 1000 * cost_usd``."""
-        return quality - self.lam * 1000.0 * cost_usd
-
     def vw_cost(self, quality: float, cost_usd: float) -> float:
-        """What VW regresses for one outcome: ``-(quality - learned_lam * 1000 * cost_usd)``."""
-        return -(quality - self.learned_lam * 1000.0 * cost_usd)
+        """What VW regresses for one outcome (it minimises): minus the reward at ``learned_lam``."""
+        return -reward(quality, cost_usd, self.learned_lam)
 
     def vw_args(self, interactions: Sequence[str]) -> list[str]:
         """The VW command line for these settings."""
@@ -243,7 +242,7 @@ class Policy:
             if key is None:
                 found = list(range(len(self.catalog)))
             elif not key:
-                raise ValueError("policy: 'candidates' must name at least one model")
+                raise InvalidInput("policy: 'candidates' must name at least one model")
             else:
                 self.catalog.require(key, "policy: 'candidates'")
                 found = [self.catalog.index(c) for c in dict.fromkeys(key)]
@@ -260,7 +259,7 @@ class Policy:
     def _priced(self, learned: npt.NDArray[np.float64], lam: float, prompt_tokens: float) -> npt.NDArray[np.float64]:
         """Re-price VW's distribution for the reward at ``lam`` on a prompt of ``prompt_tokens`` tokens."""
         if not (np.isfinite(lam) and lam >= 0):
-            raise ValueError(f"policy: 'lambda' must be a finite number >= 0, got {lam}")
+            raise InvalidInput(f"policy: 'lambda' must be a finite number >= 0, got {lam}")
         shift = lam - self.config.learned_lam
         if shift == 0:
             return learned
@@ -334,7 +333,7 @@ class Policy:
         tokens = np.broadcast_to(np.asarray(prompt_tokens, dtype=np.float64), (embeddings.shape[0],))
         if self.config.exploration != "squarecb":
             if any(lam != self.config.learned_lam for lam in lams):
-                raise ValueError("policy: only a squarecb policy can be re-priced for another lam")
+                raise InvalidInput("policy: only a squarecb policy can be re-priced for another lam")
             return np.tile(np.argmax(np.stack(learned), axis=1), (len(lams), 1))
         gaps = np.stack([score_gaps(p, self.gamma) for p in learned]) if learned else np.zeros((0, len(self.catalog)))
         costs = self.costs.per_1k(tokens)
@@ -381,7 +380,7 @@ class Policy:
     def gamma(self) -> float:
         """SquareCB's ``gamma = gamma_scale * sqrt(updates)``: VW counts learned examples and saves the count."""
         if self.config.exploration != "squarecb":
-            raise ValueError("policy: only a squarecb policy has a gamma (re-pricing needs it)")
+            raise InvalidInput("policy: only a squarecb policy has a gamma (re-pricing needs it)")
         return self.config.gamma_scale * float(np.sqrt(max(self.updates, 1)))
 
     def decide(
@@ -422,7 +421,7 @@ class Policy:
         choice = draw(probs, rng.random())
         q, c, p = float(quality[choice]), float(cost[choice]), float(probs[choice])
         if not 0.0 <= q <= 1.0 or not (np.isfinite(c) and c >= 0):
-            raise ValueError(f"policy: model {choice}'s outcome needs quality in [0, 1] and cost >= 0, got {q}, {c}")
+            raise InvalidInput(f"policy: model {choice}'s outcome needs quality in [0, 1] and cost >= 0, got {q}, {c}")
         self._run(context, actions, (actions.index(choice), self.config.vw_cost(q, c), self._weighted(p)))
         self.costs.observe_cost(choice, prompt_tokens, c)
         self.updates += 1
@@ -491,7 +490,7 @@ class Policy:
         n = embeddings.shape[0]
         sizes = (len(models), len(qualities), len(costs), len(propensities), len(candidates), len(prompt_tokens))
         if any(size != n for size in sizes):
-            raise ValueError(
+            raise InvalidInput(
                 "policy: learn_many needs one model, quality, cost, propensity, candidate set and prompt_tokens per row"
             )
         rows = [self._checked(models[i], qualities[i], costs[i], propensities[i], candidates[i]) for i in range(n)]
@@ -526,17 +525,17 @@ class Policy:
         """Validate one event before anything is learned: (offered actions, chosen position, VW cost, propensity)."""
         q, c, p = float(quality), float(cost), float(propensity)
         if not 0.0 <= q <= 1.0:
-            raise ValueError(f"policy: 'quality' must lie in [0, 1], got {q}")
+            raise InvalidInput(f"policy: 'quality' must lie in [0, 1], got {q}")
         if not (np.isfinite(c) and c >= 0):
-            raise ValueError(f"policy: 'cost_usd' must be a finite number >= 0, got {c}")
+            raise InvalidInput(f"policy: 'cost_usd' must be a finite number >= 0, got {c}")
         if not 0.0 < p <= 1.0:
-            raise ValueError(f"policy: 'propensity' must lie in (0, 1], got {p}")
+            raise InvalidInput(f"policy: 'propensity' must lie in (0, 1], got {p}")
         if model not in self.catalog:
-            raise ValueError(f"policy: 'model' {model!r} is not in the catalog")
+            raise InvalidInput(f"policy: 'model' {model!r} is not in the catalog")
         actions = self._candidate_indices(candidates)
         chosen = self.catalog.index(model)
         if chosen not in actions:
-            raise ValueError(f"policy: chosen model '{model}' is not among the candidates")
+            raise InvalidInput(f"policy: chosen model '{model}' is not among the candidates")
         return actions, actions.index(chosen), self.config.vw_cost(q, c), self._weighted(p)
 
     # -- persistence ----------------------------------------------------------------------------
@@ -568,11 +567,3 @@ class Policy:
         if operating.router_lam is not None:
             moved.config = replace(self.config, lam=operating.router_lam)
         return moved
-
-
-def draw(probs: Probs, u: float) -> int:
-    """The index a uniform draw ``u`` in [0, 1) picks from ``probs`` (guarding float round-off at the top)."""
-    choice = min(int(np.searchsorted(np.cumsum(probs), u * probs.sum(), side="right")), len(probs) - 1)
-    while probs[choice] == 0:
-        choice -= 1
-    return choice

@@ -14,15 +14,16 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from router_ml.errors import InvalidInput
 from router_ml.fullinfo import FullInfo
+from router_ml.reward import reward
 
 Choices = npt.NDArray[np.int64]
 Matrix = npt.NDArray[np.float64]
 
 
 def _best(quality: Matrix, cost: Matrix, lam: float) -> Choices:
-    reward = quality - lam * 1000.0 * cost
-    return np.asarray(np.nan_to_num(reward, nan=-np.inf).argmax(axis=1), dtype=np.int64)
+    return np.asarray(np.nan_to_num(reward(quality, cost, lam), nan=-np.inf).argmax(axis=1), dtype=np.int64)
 
 
 def oracle(test: FullInfo, lam: float) -> Choices:
@@ -55,7 +56,7 @@ class KnnRouter:
         block: int = 1024,
     ) -> None:
         if k < 1:
-            raise ValueError(f"knn: 'k' must be >= 1, got {k}")
+            raise InvalidInput(f"knn: 'k' must be >= 1, got {k}")
         k = min(k, train_emb.shape[0])
         self.quality = np.empty((test_emb.shape[0], train.quality.shape[1]))
         self.cost = np.empty_like(self.quality)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
+from router_ml.errors import InvalidInput
 from router_ml.fullinfo import FullInfo
 
 
@@ -28,7 +29,7 @@ def replay_choices(table: FullInfo, choices: npt.NDArray[np.int64], router: str)
     rows = np.arange(len(choices))
     q, c = table.quality[rows, choices], table.cost[rows, choices]
     if np.isnan(q).any():
-        raise ValueError(f"replay: router '{router}' chose a model the benchmark lacks for some prompts")
+        raise InvalidInput(f"replay: router '{router}' chose a model the benchmark lacks for some prompts")
     return ReplayResult(router, float(q.mean()), float(c.mean()))
 
 

@@ -54,8 +54,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from router_ml.embed import torch_threads
+from router_ml.errors import InvalidInput
 from router_ml.features import Featurizer
+from router_ml.torch_embed import torch_threads
 
 Loss = Literal["auto", "logistic", "squared"]
 Weighting = Literal["none", "inverse_propensity"]
@@ -83,17 +84,20 @@ class RewardModelConfig:
 
     def __post_init__(self) -> None:
         if self.hidden < 0:
-            raise ValueError(f"reward model: 'hidden' must be >= 0 (0 is a linear model), got {self.hidden}")
+            raise InvalidInput(f"reward model: 'hidden' must be >= 0 (0 is a linear model), got {self.hidden}")
         if not (self.learning_rate > 0 and self.weight_decay >= 0):
-            raise ValueError("reward model: 'learning_rate' must be > 0 and 'weight_decay' >= 0")
+            raise InvalidInput("reward model: 'learning_rate' must be > 0 and 'weight_decay' >= 0")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
-            raise ValueError("reward model: 'batch_size', 'max_epochs' and 'patience' must be >= 1")
+            raise InvalidInput("reward model: 'batch_size', 'max_epochs' and 'patience' must be >= 1")
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"reward model: 'validation_fraction' must lie in [0, 1), got {self.validation_fraction}")
+            raise InvalidInput(
+                f"reward model: 'validation_fraction' must lie in [0, 1), got"
+                f" {self.validation_fraction}"
+            )
         if self.loss not in ("auto", "logistic", "squared"):
-            raise ValueError(f"reward model: 'loss' must be 'auto', 'logistic' or 'squared', got {self.loss!r}")
+            raise InvalidInput(f"reward model: 'loss' must be 'auto', 'logistic' or 'squared', got {self.loss!r}")
         if self.weighting not in ("none", "inverse_propensity"):
-            raise ValueError(
+            raise InvalidInput(
                 f"reward model: 'weighting' must be 'none' or 'inverse_propensity', got {self.weighting!r}"
             )
 
@@ -180,17 +184,17 @@ class RewardModel:
         a = np.asarray(actions)
         y = np.asarray(outcomes, dtype=np.float64)
         if n == 0:
-            raise ValueError("reward model: need at least one logged event to fit")
+            raise InvalidInput("reward model: need at least one logged event to fit")
         if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"reward model: 'actions' must be {n} integer action indices, got {a.dtype} {a.shape}")
+            raise InvalidInput(f"reward model: 'actions' must be {n} integer action indices, got {a.dtype} {a.shape}")
         if n_actions < 1 or a.min() < 0 or a.max() >= n_actions:
-            raise ValueError(f"reward model: 'actions' must lie in [0, {n_actions}), got [{a.min()}, {a.max()}]")
+            raise InvalidInput(f"reward model: 'actions' must lie in [0, {n_actions}), got [{a.min()}, {a.max()}]")
         if y.shape != (n,) or not np.isfinite(y).all():
-            raise ValueError(f"reward model: 'outcomes' must be {n} finite numbers, got shape {y.shape}")
+            raise InvalidInput(f"reward model: 'outcomes' must be {n} finite numbers, got shape {y.shape}")
         weights = _event_weights(cfg.weighting, propensities, n)
         logistic = cfg.loss == "logistic" or (cfg.loss == "auto" and bool(((y == 0) | (y == 1)).all()))
         if logistic and not ((y >= 0) & (y <= 1)).all():
-            raise ValueError("reward model: loss 'logistic' needs 'outcomes' in [0, 1]")
+            raise InvalidInput("reward model: loss 'logistic' needs 'outcomes' in [0, 1]")
         center, scale = (0.0, 1.0) if logistic else (float(y.mean()), float(y.std()) or 1.0)
         target = (y - center) / scale
 
@@ -235,7 +239,7 @@ def cross_fit_predict(
     cfg = config or RewardModelConfig()
     n = embeddings.shape[0]
     if not 2 <= folds <= n:
-        raise ValueError(f"reward model: 'folds' must lie in [2, {n}], got {folds}")
+        raise InvalidInput(f"reward model: 'folds' must lie in [2, {n}], got {folds}")
     y = np.asarray(outcomes, dtype=np.float64)
     a = np.asarray(actions)
     p = None if propensities is None else np.asarray(propensities, dtype=np.float64)
@@ -260,10 +264,10 @@ def _event_weights(weighting: Weighting, propensities: npt.ArrayLike | None, n: 
     if weighting == "none":
         return np.ones(n, dtype=np.float64)
     if propensities is None:
-        raise ValueError("reward model: weighting 'inverse_propensity' needs 'propensities'")
+        raise InvalidInput("reward model: weighting 'inverse_propensity' needs 'propensities'")
     p = np.asarray(propensities, dtype=np.float64)
     if p.shape != (n,) or not ((p > 0) & (p <= 1)).all():
-        raise ValueError(f"reward model: 'propensities' must be {n} numbers in (0, 1]")
+        raise InvalidInput(f"reward model: 'propensities' must be {n} numbers in (0, 1]")
     w: Floats = 1.0 / p
     w /= w.mean()
     return w

@@ -15,6 +15,7 @@ import numpy.typing as npt
 from router_ml.artifacts import PolicyArtifact
 from router_ml.cost_model import estimate_tokens
 from router_ml.embed import Embedder, EmbeddingCache
+from router_ml.encoders import build_embedder
 from router_ml.operating import OperatingPoint
 from router_ml.policy import Decision, Policy
 
@@ -32,7 +33,7 @@ class Router:
         cls, artifact: PolicyArtifact, *, version: str = "local", cache: EmbeddingCache | None = None
     ) -> Router:
         """The policy with the embedder it was trained with."""
-        return cls(artifact.policy, artifact.build_embedder(cache=cache), version)
+        return cls(artifact.policy, build_embedder(artifact.embedder, cache=cache), version)
 
     def embed(self, prompt: str) -> npt.NDArray[np.float32]:
         """The prompt's embedding (safe to call from any thread the embedder allows)."""

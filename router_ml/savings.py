@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+from router_ml.errors import InvalidInput
 from router_ml.estimators import Estimate
 
 
@@ -102,7 +103,7 @@ class LiveSavings:
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
-            raise ValueError(f"savings: 'alpha' must lie in (0, 1), got {self.alpha}")
+            raise InvalidInput(f"savings: 'alpha' must lie in (0, 1), got {self.alpha}")
         self._acc = {k: _Running() for k in ("q", "q_ref", "q_diff", "c", "c_ref", "c_saved")}
 
     def observe(
@@ -118,7 +119,7 @@ class LiveSavings:
         """Count one graded decision: ``model`` was sampled with ``propensity``; the reference's expected cost on
         this prompt is ``reference_cost_per_1k``."""
         if not (0 < propensity <= 1 and 0 <= quality <= 1 and math.isfinite(cost_usd) and cost_usd >= 0):
-            raise ValueError("savings: a graded decision needs propensity in (0, 1], quality in [0, 1], cost >= 0")
+            raise InvalidInput("savings: a graded decision needs propensity in (0, 1], quality in [0, 1], cost >= 0")
         if not reference_offered:
             return
         with self._lock:

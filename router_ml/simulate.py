@@ -16,7 +16,9 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from router_ml.errors import InvalidInput
 from router_ml.fullinfo import FullInfo
+from router_ml.sampling import draw
 
 
 class LoggingPolicy(Protocol):
@@ -57,7 +59,7 @@ class EpsilonGreedy:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.epsilon <= 1.0:
-            raise ValueError(f"simulate: 'epsilon' must lie in (0, 1], got {self.epsilon}")
+            raise InvalidInput(f"simulate: 'epsilon' must lie in (0, 1], got {self.epsilon}")
 
     @property
     def name(self) -> str:
@@ -67,7 +69,7 @@ class EpsilonGreedy:
     def probabilities(self, models: list[str], offered: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
         """``epsilon / #offered`` everywhere offered, plus ``1 - epsilon`` on the fixed model if offered."""
         if self.model not in models:
-            raise ValueError(f"simulate: epsilon-greedy model '{self.model}' is not in the benchmark")
+            raise InvalidInput(f"simulate: epsilon-greedy model '{self.model}' is not in the benchmark")
         p: npt.NDArray[np.float64] = offered.astype(np.float64)
         p *= self.epsilon / p.sum()
         j = models.index(self.model)
@@ -90,7 +92,7 @@ def simulate(
     Extra columns: ``prompt_id`` (to join the truth back). Timestamps are one second apart.
     """
     if n_events < 1:
-        raise ValueError(f"simulate: 'events' must be >= 1, got {n_events}")
+        raise InvalidInput(f"simulate: 'events' must be >= 1, got {n_events}")
     policy = logging or Uniform()
     rng = np.random.default_rng(seed)
     offered = table.offered
@@ -105,9 +107,7 @@ def simulate(
         if key not in cache:
             cache[key] = policy.probabilities(table.models, mask)
         probs = cache[key]
-        j = min(int(np.searchsorted(np.cumsum(probs), uniforms[i], side="right")), len(probs) - 1)
-        while probs[j] == 0:  # guard float round-off at the top of the cumsum
-            j -= 1
+        j = draw(probs, float(uniforms[i]))
         chosen[i], propensity[i] = j, probs[j]
     candidates = {key: [m for m, ok in zip(table.models, np.frombuffer(key, dtype=np.bool_)) if ok] for key in cache}
     t0 = start or datetime(2024, 1, 1)

@@ -24,7 +24,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -50,9 +49,10 @@ from router_ml.decision_log import (
     UnknownDecision,
     new_decision_id,
 )
+from router_ml.errors import InvalidInput, UserError
 from router_ml.log_store import LogUnavailable, redact
 from router_ml.operating import OperatingPoint
-from router_ml.registry import PolicyRegistry
+from router_ml.registry import PolicyRef, PolicyRegistry
 from router_ml.router import Router
 from router_ml.savings import LiveSavings
 from serve.auth import Keys, Principal
@@ -75,7 +75,7 @@ Role = Literal["all", "router"]
 a single ``router-ml learn --follow`` process learns from the shared log."""
 
 
-class StartupError(ValueError):
+class StartupError(UserError):
     """The service cannot start; the message is one line saying what failed."""
 
 
@@ -93,7 +93,7 @@ class RouteRequest(BaseModel):
     @classmethod
     def _not_blank(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("prompt is blank")
+            raise InvalidInput("prompt is blank")
         return v
 
 
@@ -146,7 +146,7 @@ class ChatRequest(BaseModel):
         found = unforwardable(data)
         if found is not None:
             path = found[0].encode("utf-8", "backslashreplace").decode()  # the path may hold the surrogate itself
-            raise ValueError(f"'{path[:200]}' {found[1]}")
+            raise InvalidInput(f"'{path[:200]}' {found[1]}")
         return data
 
     def include_usage(self) -> bool:
@@ -341,12 +341,12 @@ def build_service(
             )
         with _starting(f"decision log {decision_log.where}"):
             decision_log.interrupted()
-    ref = config.policy.ref
-    with _starting(f"policy '{ref}'"):
+    with _starting(f"policy '{config.policy.ref}'"):
+        ref = PolicyRef.parse(config.policy.ref)
         registry = PolicyRegistry(config.policy.tracking_uri or None)
         loaded = resolve_start(registry, ref, decision_log)
         router = Router.from_artifact(loaded.artifact, version=loaded.version)
-    alias = None if Path(ref).is_dir() or ref.isdigit() else ref
+    alias = ref.alias
     metrics = Metrics(tenants=keys.tenants, models=router.policy.catalog.names)
     savings = LiveSavings(reference_model(config, router), alpha=1 - config.savings.level)
     learner = OnlineLearner(
@@ -415,7 +415,7 @@ class BodyReader:
         while True:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await _refuse(408, f"request body not received within {self.timeout:g} s", scope, receive, send)
                 return
             if message["type"] == "http.disconnect":

@@ -64,17 +64,17 @@ from __future__ import annotations
 
 import math
 import re
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from router_ml import settings
+from router_ml.errors import InvalidInput
 from router_ml.log_store import Durability
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInput):
     """The service configuration is malformed; the message names the field."""
 
 

@@ -17,8 +17,9 @@ import threading
 import time
 from types import FrameType
 
+from router_ml.errors import InvalidInput
 from router_ml.log_store import LogUnavailable
-from router_ml.registry import PolicyRegistry
+from router_ml.registry import PolicyRef, PolicyRegistry
 from router_ml.router import Router
 from router_ml.savings import LiveSavings
 from serve.app import StartupError, open_log, reference_model
@@ -33,7 +34,7 @@ def follow(config: ServeConfig, *, poll_seconds: float = 0.5, stop: threading.Ev
     """Learn from the shared log until ``stop`` is set (or SIGTERM/SIGINT when run as a command); returns how many
     grades were learned. A graceful stop snapshots what was learned since the last snapshot."""
     if not poll_seconds > 0:
-        raise ValueError(f"learn: 'poll_seconds' must be > 0, got {poll_seconds}")
+        raise InvalidInput(f"learn: 'poll_seconds' must be > 0, got {poll_seconds}")
     stop = stop or threading.Event()
     decision_log = open_log(config)
     try:
@@ -44,7 +45,8 @@ def follow(config: ServeConfig, *, poll_seconds: float = 0.5, stop: threading.Ev
                     "service) already learns from it"
                 )
             registry = PolicyRegistry(config.policy.tracking_uri or None)
-            loaded = resolve_start(registry, config.policy.ref, decision_log)
+            ref = PolicyRef.parse(config.policy.ref)
+            loaded = resolve_start(registry, ref, decision_log)
             router = Router.from_artifact(loaded.artifact, version=loaded.version)
             learner = OnlineLearner(
                 loaded,
@@ -53,7 +55,7 @@ def follow(config: ServeConfig, *, poll_seconds: float = 0.5, stop: threading.Ev
                 registry,
                 config.learning,
                 Metrics(models=router.policy.catalog.names),
-                alias=None if config.policy.ref.isdigit() else config.policy.ref,
+                alias=ref.alias,
                 savings=LiveSavings(reference_model(config, router), alpha=1 - config.savings.level),
             )
             learned = learner.start(loaded)

@@ -27,6 +27,7 @@ import httpx
 
 from router_ml.catalog import Catalog
 from router_ml.cost_model import estimate_tokens
+from router_ml.errors import InvalidInput
 from serve.config import ConfigError, UpstreamConfig
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
@@ -268,13 +269,13 @@ class Relay:
         try:
             msg = strict_json(data)
         except ValueError:
-            raise ValueError("a chunk that is not JSON") from None
+            raise InvalidInput("a chunk that is not JSON") from None
         if not isinstance(msg, dict):
-            raise ValueError("a chunk that is not a JSON object")
+            raise InvalidInput("a chunk that is not a JSON object")
         if isinstance(msg.get("error"), dict):  # the upstream's own error event
-            raise ValueError("an error event")
+            raise InvalidInput("an error event")
         if not isinstance(msg.get("choices", []), list):
-            raise ValueError("a chunk whose 'choices' is not a list")
+            raise InvalidInput("a chunk whose 'choices' is not a list")
         for choice in msg.get("choices") or []:
             if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
                 content = choice["delta"].get("content")
@@ -313,7 +314,7 @@ def strict_json(data: bytes | str) -> Any:
 
 
 def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
+    raise InvalidInput(f"{constant} is not JSON")
 
 
 def _metered(raw: dict[str, Any]) -> tuple[int, int] | None:

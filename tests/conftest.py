@@ -1,4 +1,5 @@
-"""Shared fixtures: small real slices of the shared benchmark, a real MiniLM embedder with a temp cache."""
+"""Shared fixtures: small real slices of the shared benchmark, the default encoder (the packaged MiniLM on ONNX
+Runtime) with a temp cache, a trained policy, a fake upstream and served policies."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from router_ml import settings
 from router_ml.artifacts import PolicyArtifact
 from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark
-from router_ml.embed import CachedEmbedder, EmbeddingCache, SentenceTransformerEmbedder
+from router_ml.embed import CachedEmbedder, EmbeddingCache
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
+from router_ml.onnx_embed import OnnxEmbedder
 from router_ml.policy import PolicyConfig
 from router_ml.simulate import simulate
+from router_ml.torch_embed import SentenceTransformerEmbedder
 from tests.pgkit import PostgresServer, pg_bin
 from tests.servekit import BODY_TIMEOUT, MODELS, FakeUpstream, ServerProcess, mount_tmpfs, serving_champion, unmount
 
@@ -83,13 +86,20 @@ def embedding_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm() -> SentenceTransformerEmbedder:
+    """The packaged MiniLM on torch (sentence-transformers): the reference the ONNX backend is checked against."""
     return SentenceTransformerEmbedder(threads=1)
 
 
 @pytest.fixture(scope="session")
-def embedder(minilm: SentenceTransformerEmbedder, embedding_cache_dir: Path) -> CachedEmbedder:
-    """The real packaged MiniLM behind a session-wide cache (each test prompt is embedded once per run)."""
-    return CachedEmbedder(minilm, EmbeddingCache(embedding_cache_dir / "embeddings.sqlite"))
+def onnx_minilm(onnx_dir: Path) -> OnnxEmbedder:
+    """The default encoder: the packaged MiniLM on ONNX Runtime, exported once into the session's ONNX folder."""
+    return OnnxEmbedder(threads=1)
+
+
+@pytest.fixture(scope="session")
+def embedder(onnx_minilm: OnnxEmbedder, embedding_cache_dir: Path) -> CachedEmbedder:
+    """The default encoder behind a session-wide cache (each test prompt is embedded once per run)."""
+    return CachedEmbedder(onnx_minilm, EmbeddingCache(embedding_cache_dir / "embeddings.sqlite"))
 
 
 @pytest.fixture
@@ -110,7 +120,7 @@ def policy_artifact(small_benchmark: Path, embedder: CachedEmbedder) -> PolicyAr
     catalog = Catalog(tuple(full.spec(m) for m in MODELS))
     logs = simulate(FullInfo.from_benchmark(bench, models=catalog.names), 400, seed=0)
     policy, _ = train_policy(logs, embedder, catalog, PolicyConfig(), FeatureConfig(clusters=(4,)), progress=False)
-    return PolicyArtifact(policy, embedder=embedder.name)
+    return PolicyArtifact(policy, embedder=embedder.spec)
 
 
 @pytest.fixture(scope="session")

@@ -25,13 +25,13 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import tomllib
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -67,7 +68,12 @@ def test_benchmark_path_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
     ],
 )
 def test_bad_logs_exit_2_with_the_column_named(
-    home: Path, small_benchmark: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, fragment: str
+    home: Path,
+    small_benchmark: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mutate: Callable[[pl.DataFrame], pl.DataFrame],
+    fragment: str,
 ) -> None:
     logs = tmp_path / "logs.parquet"
     main(["simulate", "--benchmark", str(small_benchmark), "--events", "50", "-o", str(logs)])

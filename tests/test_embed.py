@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router_ml.embed import (
-    CachedEmbedder,
-    EmbeddingCache,
-    Matrix,
-    SentenceTransformerEmbedder,
-    default_model_path,
-    torch_threads,
-)
+from router_ml.embed import CachedEmbedder, EmbedderSpec, EmbeddingCache, Matrix, default_model_path
+from router_ml.torch_embed import SentenceTransformerEmbedder, torch_threads
 
 
 class CountingEmbedder:
@@ -24,6 +18,10 @@ class CountingEmbedder:
     def __init__(self, inner: SentenceTransformerEmbedder) -> None:
         self.inner = inner
         self.seen: list[str] = []
+
+    @property
+    def spec(self) -> EmbedderSpec:
+        return self.inner.spec
 
     @property
     def name(self) -> str:
@@ -63,8 +61,9 @@ def test_cache_embeds_each_text_once_and_persists(minilm: SentenceTransformerEmb
 
 
 def test_other_local_model_by_path_and_truncation(tmp_path: Path) -> None:
-    emb = SentenceTransformerEmbedder(default_model_path(), name="mini", max_seq_length=32)
-    assert emb.name == "mini@32"
+    emb = SentenceTransformerEmbedder(default_model_path(), max_seq_length=32)
+    assert emb.spec == EmbedderSpec("torch", str(default_model_path()), 32)
+    assert emb.name == f"{default_model_path().name}@32"
     assert emb.encode(["word " * 200]).shape == (1, 384)
     with pytest.raises(FileNotFoundError, match="not a sentence-transformers model"):
         SentenceTransformerEmbedder(tmp_path)

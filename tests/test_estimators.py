@@ -29,6 +29,7 @@ from router_ml.features import FeatureConfig, Featurizer
 from router_ml.fullinfo import FullInfo
 from router_ml.policy import PolicyConfig
 from router_ml.replay import replay_distribution
+from router_ml.reward import reward
 from router_ml.reward_model import RewardModel, RewardModelConfig, cross_fit_predict
 from router_ml.simulate import simulate
 
@@ -377,7 +378,7 @@ def world(learning_benchmark: Path, embedder: CachedEmbedder) -> World:
     target = target_policy(featurizer, embeddings, table.quality)
     truth = replay_distribution(table, target, "target")
     return World(
-        table, embeddings, featurizer, target, truth.quality, PolicyConfig().reward(truth.quality, truth.cost_usd)
+        table, embeddings, featurizer, target, truth.quality, reward(truth.quality, truth.cost_usd, PolicyConfig().lam)
     )
 
 

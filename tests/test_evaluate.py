@@ -10,6 +10,7 @@ trained policy's reward is about 0.68 and the uniform one's about 0.29, with DR 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from router_ml.contracts import load_benchmark, load_logs
 from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder
 from router_ml.estimators import IPS, SNIPS, BanditFeedback, DoublyRobust, paired_difference
-from router_ml.evaluation import LoggedEvents, evaluate_policy, gate, target_distribution
+from router_ml.evaluation import evaluate_policy, gate, target_distribution
+from router_ml.events import LoggedEvents
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import file_fingerprint, train_policy
@@ -66,8 +68,8 @@ def world(small_benchmark: Path, embedder: CachedEmbedder, tmp_path_factory: pyt
     ungraded = pl.int_range(pl.len()) < N_UNGRADED
     logs = logs.with_columns(pl.when(ungraded).then(None).otherwise(pl.col("quality")).alias("quality"))
     logs.write_parquet(root / "logs.parquet")
-    PolicyArtifact(good, embedder=embedder.name).save(root / "good")
-    PolicyArtifact(uniform, embedder=embedder.name).save(root / "uniform")
+    PolicyArtifact(good, embedder=embedder.spec).save(root / "good")
+    PolicyArtifact(uniform, embedder=embedder.spec).save(root / "uniform")
     return World(table, root / "logs.parquet", root / "good", root / "uniform", good, uniform)
 
 
@@ -269,7 +271,13 @@ def test_promotion_is_gated(home: Path, world: World, tmp_path: Path, capsys: py
     ],
 )
 def test_evaluate_bad_input_exits_2(
-    home: Path, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate, extra, fragment: str
+    home: Path,
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mutate: Callable[[pl.DataFrame], pl.DataFrame],
+    extra: list[str],
+    fragment: str,
 ) -> None:
     logs, out = tmp_path / "logs.parquet", tmp_path / "report.json"
     mutate(pl.read_parquet(world.logs)).write_parquet(logs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -27,12 +27,13 @@ from router_ml.cost_model import estimate_tokens
 from router_ml.decision_log import DecisionLog, DecisionRecord, new_decision_id
 from router_ml.embed import CachedEmbedder
 from router_ml.fullinfo import FullInfo
+from router_ml.mlflow_schema import TAG_LOG, TAG_SEQ
 from router_ml.policy import Policy
-from router_ml.registry import PolicyRegistry, VersionInfo
+from router_ml.registry import PolicyRef, PolicyRegistry, VersionInfo
 from router_ml.router import Router
 from router_ml.savings import LiveSavings
 from serve.config import LearningConfig
-from serve.learner import TAG_LOG, TAG_SEQ, OnlineLearner, resolve_start
+from serve.learner import OnlineLearner, resolve_start
 from serve.metrics import Metrics
 
 
@@ -80,10 +81,17 @@ class Harness:
         self.learner = self._start()
 
     def _start(self) -> OnlineLearner:
-        loaded = resolve_start(self.registry, "1", self.log)  # type: ignore[arg-type]
+        loaded = resolve_start(self.registry, PolicyRef("version", "1"), self.log)  # type: ignore[arg-type]
         router = Router(loaded.artifact.policy, self.embedder, loaded.version)
-        learner = OnlineLearner(  # type: ignore[arg-type]
-            loaded, router, self.log, self.registry, self.config, Metrics(), alias=None, savings=LiveSavings("gpt-4o")
+        learner = OnlineLearner(
+            loaded,
+            router,
+            self.log,
+            cast(PolicyRegistry, self.registry),
+            self.config,
+            Metrics(),
+            alias=None,
+            savings=LiveSavings("gpt-4o"),
         )
         learner.start(loaded)
         return learner

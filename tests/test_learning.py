@@ -15,6 +15,7 @@ from router_ml.fullinfo import FullInfo
 from router_ml.learn import train_policy
 from router_ml.policy import PolicyConfig
 from router_ml.replay import replay_choices, replay_distribution
+from router_ml.reward import reward
 from router_ml.simulate import simulate
 from router_ml.split import split_by_hash
 
@@ -37,10 +38,9 @@ def test_policy_beats_random_on_held_out_prompts(learning_benchmark: Path, embed
     learned = replay_choices(test, probs.argmax(axis=1), "policy")
     uniform = replay_distribution(test, np.full_like(probs, 1 / len(catalog)), "uniform")
 
-    def reward(r: object) -> float:
-        return config.reward(r.quality, r.cost_usd)  # type: ignore[attr-defined]
-
     assert learned.quality > uniform.quality + 0.15, (learned, uniform)
-    assert reward(learned) > reward(uniform) + 0.15
+    lam = config.lam
+    assert reward(learned.quality, learned.cost_usd, lam) > reward(uniform.quality, uniform.cost_usd, lam) + 0.15
     # the progressive (before-learning) estimate is an honest number between random and the final policy
-    assert reward(uniform) - 0.05 < report.progressive_reward < reward(learned) + 0.1
+    low, high = reward(uniform.quality, uniform.cost_usd, lam), reward(learned.quality, learned.cost_usd, lam)
+    assert low - 0.05 < report.progressive_reward < high + 0.1

@@ -7,11 +7,15 @@ fixture: a temp MLflow store plus the session's embedding cache), so the user's 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import nbformat
 import pytest
 
+from router_ml import mlflow_schema, settings
 from router_ml.contracts import load_benchmark
+from router_ml.embed import EmbedderSpec
+from router_ml.encoders import Embedders
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import learn_online
@@ -20,7 +24,7 @@ from router_ml.registry import PolicyRegistry
 from router_ml.simulate import simulate
 from tests.conftest import slice_benchmark
 from training.evaluate import run_evaluate
-from training.pipelines import EmbedderOptions, catalog_for_benchmark, run_train, write_parquet
+from training.pipelines import catalog_for_benchmark, run_train, write_parquet
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["counterfactual_savings.ipynb", "policy_versions.ipynb"]
@@ -28,7 +32,9 @@ NAMES = ["counterfactual_savings.ipynb", "policy_versions.ipynb"]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_without_outputs_and_parameterised(name: str) -> None:
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nb = nbformat.read(  # type: ignore[no-untyped-call]
+        NOTEBOOKS / name, as_version=4
+    )
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code
@@ -50,10 +56,12 @@ def _execute(name: str, out: Path, parameters: dict[str, object]) -> nbformat.No
         cwd=str(NOTEBOOKS),
         progress_bar=False,
     )
-    nb = nbformat.read(out, as_version=4)
+    nb = nbformat.read(  # type: ignore[no-untyped-call]
+        out, as_version=4
+    )
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
-    return nb
+    return cast(nbformat.NotebookNode, nb)
 
 
 def _images(nb: nbformat.NotebookNode) -> int:
@@ -98,8 +106,9 @@ def test_policy_versions_runs(notebook_benchmark: Path, home: Path, tmp_path: Pa
     write_parquet(simulate(table, 1500, seed=0), train_logs)
     write_parquet(simulate(table, 600, seed=1), eval_logs)
     registry = PolicyRegistry()
-    options = EmbedderOptions()
-    kwargs = dict(catalog=catalog, features=FeatureConfig(clusters=(4, 8)), passes=1, embedder=options)
+    embedders = Embedders(cache_path=settings.embedding_cache_path())
+    embedder = embedders.get(EmbedderSpec())
+    kwargs = dict(catalog=catalog, features=FeatureConfig(clusters=(4, 8)), passes=1, embedder=embedder)
     first = run_train(train_logs, config=PolicyConfig(lam=0.05), registry=registry, **kwargs)  # type: ignore[arg-type]
     registry.promote(first.version.version)
     child = run_train(
@@ -110,18 +119,17 @@ def test_policy_versions_runs(notebook_benchmark: Path, home: Path, tmp_path: Pa
         **kwargs,  # type: ignore[arg-type]
     )
     artifact, info = registry.load(child.version.version)
-    embeddings = options.build().encode(table.prompts)
+    embeddings = embedder.encode(table.prompts)
     online = learn_online(artifact.policy, table, embeddings, 500, lams=(0.001, 0.1), seed=2)
     artifact.parent_version = info.version
     registry.log_version(
         artifact,
-        params={"lam": 0.05, "clusters": "4,8", "catalog_size": len(catalog), "parent_version": info.version},
-        metrics={"n_events": float(len(online.rows))},
-        tags={"source": "online", "parent_version": info.version},
+        metrics={"n_events": float(online.n)},
+        tags=mlflow_schema.online_tags(info.version, info.version, "a-log", 0),
         run_name="online-snapshot",
     )
     for version in ("1", "3"):
-        run_evaluate(version, eval_logs, tracking_uri=None, embedder=options)
+        run_evaluate(version, eval_logs, tracking_uri=None, embedders=embedders)
 
     nb = _execute(
         "policy_versions.ipynb",

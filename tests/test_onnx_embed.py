@@ -3,6 +3,7 @@ compared with sentence-transformers on real prompts, its on-disk model reused, a
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,23 +14,29 @@ import pytest
 from router_ml import onnx_embed, settings
 from router_ml.artifacts import PolicyArtifact
 from router_ml.catalog import Catalog
-from router_ml.cli import _embedder, build_parser
+from router_ml.cli import build_parser, embedder_spec
 from router_ml.contracts import load_benchmark
-from router_ml.embed import SentenceTransformerEmbedder, backend_of, build_encoder, default_model_path
+from router_ml.embed import EmbedderSpec, default_model_path
+from router_ml.encoders import build_embedder
 from router_ml.features import FeatureConfig, Featurizer
 from router_ml.onnx_embed import OnnxEmbedder, cached_onnx_path, onnx_threads
 from router_ml.policy import Policy, PolicyConfig
 from router_ml.router import Router
+from router_ml.torch_embed import SentenceTransformerEmbedder
 
 
 @pytest.fixture(scope="session")
-def onnx_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-home")
+def onnx_home(tmp_path_factory: pytest.TempPathFactory, onnx_minilm: OnnxEmbedder) -> Path:
+    """A temp ROUTER_ML_HOME holding a copy of the session's exported model (exporting twice would only cost)."""
+    home = tmp_path_factory.mktemp("onnx-home")
+    (home / "onnx").mkdir()
+    shutil.copyfile(onnx_minilm.onnx_path, home / "onnx" / onnx_minilm.onnx_path.name)
+    return home
 
 
 @pytest.fixture(scope="session")
 def fast(onnx_home: Path) -> OnnxEmbedder:
-    """The fp32 ONNX MiniLM, exported once per test session into a temp ROUTER_ML_HOME."""
+    """The fp32 ONNX MiniLM, from the temp ROUTER_ML_HOME."""
     return OnnxEmbedder(home=onnx_home, threads=1)
 
 
@@ -45,7 +52,7 @@ def real_prompts(shared_benchmark: Path) -> list[str]:
 def test_fast_embedder_matches_sentence_transformers(
     fast: OnnxEmbedder, minilm: SentenceTransformerEmbedder, real_prompts: list[str]
 ) -> None:
-    assert fast.name == "all-MiniLM-L6-v2-onnx-fp32@256" and backend_of(fast.name) == "onnx"
+    assert fast.name == "all-MiniLM-L6-v2-onnx-fp32@256" and fast.spec == EmbedderSpec("onnx", None, 256)
     assert fast.name != minilm.name  # cached fp32-torch and onnx vectors never share a key
     assert max(fast.token_lengths(real_prompts)) == 256  # the longest prompt is truncated
     x = fast.encode(real_prompts)  # one call: mixed lengths go through the length buckets, in order
@@ -108,11 +115,10 @@ def test_thread_count_and_backend_choice(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(ValueError, match="ROUTER_ML_ONNX_THREADS"):
         onnx_threads()
     with pytest.raises(ValueError, match="embedder backend must be one of torch, onnx"):
-        build_encoder("tensorrt")
+        build_embedder(EmbedderSpec("tensorrt"))  # type: ignore[arg-type]
     args = build_parser().parse_args(["train", "--logs", "x.parquet", "--embedder-backend", "onnx", "--max-len", "128"])
-    options = _embedder(args)
-    assert (options.backend, options.max_len) == ("onnx", 128)
-    assert _embedder(build_parser().parse_args(["train", "--logs", "x.parquet"])).backend == "onnx", "the default"
+    assert embedder_spec(args) == EmbedderSpec("onnx", None, 128)
+    assert embedder_spec(build_parser().parse_args(["train", "--logs", "x.parquet"])).backend == "onnx", "the default"
 
 
 def test_policy_folder_records_the_backend_and_rebuilds_it(
@@ -127,14 +133,22 @@ def test_policy_folder_records_the_backend_and_rebuilds_it(
     catalog = Catalog.from_benchmark(load_benchmark(small_benchmark))
     x = fast.encode(real_prompts)
     policy = Policy(catalog, Featurizer.fit(x, FeatureConfig(clusters=(2,))), PolicyConfig())
-    PolicyArtifact(policy, embedder=fast.name).save(tmp_path / "p")
+    PolicyArtifact(policy, embedder=fast.spec).save(tmp_path / "p")
     loaded = PolicyArtifact.load(tmp_path / "p")
-    assert loaded.backend == "onnx"
+    assert loaded.embedder == EmbedderSpec("onnx", None, 256)
     router = Router.from_artifact(loaded)
     assert isinstance(router.embedder, OnnxEmbedder) and router.embedder.name == fast.name
     decision = router.route(real_prompts[0], np.random.default_rng(0))
     assert decision.model in catalog.names
-    # A folder written before backends existed is torch; a wrong backend is refused.
-    assert PolicyArtifact(policy, embedder="all-MiniLM-L6-v2@256").backend == "torch"
+    # A folder written before specs were recorded names its encoder; one from before backends existed is torch;
+    # a wrong backend is refused.
+    meta_path = tmp_path / "p" / "policy.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["embedder_spec"]
+    meta_path.write_text(json.dumps(meta))
+    assert PolicyArtifact.load(tmp_path / "p").embedder == EmbedderSpec("onnx", None, 256)
+    meta_path.write_text(json.dumps(meta | {"embedder": "all-MiniLM-L6-v2@256"}))
+    assert PolicyArtifact.load(tmp_path / "p").embedder == EmbedderSpec("torch", None, 256)
+    meta_path.write_text(json.dumps(meta | {"embedder_backend": "tpu"}))
     with pytest.raises(ValueError, match="embedder_backend must be one of"):
-        PolicyArtifact(policy, embedder=fast.name, embedder_backend="tpu")
+        PolicyArtifact.load(tmp_path / "p")

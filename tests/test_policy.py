@@ -11,9 +11,11 @@ import pytest
 
 from router_ml.artifacts import PolicyArtifact
 from router_ml.catalog import Catalog, ModelSpec
+from router_ml.embed import EmbedderSpec
 from router_ml.features import FeatureConfig, Featurizer
 from router_ml.operating import Arm, OperatingPoint
 from router_ml.policy import Policy, PolicyConfig
+from router_ml.reward import reward
 
 CATALOG = Catalog(
     (
@@ -25,6 +27,8 @@ CATALOG = Catalog(
     )
 )
 
+TEST_SPEC = EmbedderSpec("torch", "/models/test", 1)
+
 
 TOKENS = np.full(1000, 10.0)
 
@@ -32,7 +36,8 @@ TOKENS = np.full(1000, 10.0)
 def _contexts(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 16)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    unit: npt.NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit
 
 
 def _policy(x: npt.NDArray[np.float32], **kw: float) -> Policy:
@@ -137,9 +142,9 @@ def test_bytes_and_folder_round_trip(tmp_path: Path) -> None:
     clone.updates = policy.updates
     assert np.allclose(clone.predict_many(x[:50], prompt_tokens=10), policy.predict_many(x[:50], prompt_tokens=10))
     served = policy.at(OperatingPoint((Arm(lam=0.01), Arm(model="beta")), (0.5, 0.5)))
-    PolicyArtifact(served, embedder="test@1").save(tmp_path / "p")
+    PolicyArtifact(served, embedder=TEST_SPEC).save(tmp_path / "p")
     loaded = PolicyArtifact.load(tmp_path / "p")
-    assert loaded.embedder == "test@1"
+    assert loaded.embedder == TEST_SPEC
     assert loaded.policy.updates == policy.updates == 400
     assert loaded.policy.operating == served.operating and loaded.policy.config.learns == "quality"
     assert np.array_equal(loaded.policy.costs.output_counts, policy.costs.output_counts)
@@ -153,7 +158,7 @@ def test_a_folder_from_before_quality_learning_loads_as_a_reward_model(tmp_path:
     x = _contexts(100)
     policy = _policy(x, lam=0.05, learns="reward")  # type: ignore[arg-type]
     _teach(policy, x, best="beta", rounds=1)
-    folder = PolicyArtifact(policy, embedder="test@1").save(tmp_path / "old")
+    folder = PolicyArtifact(policy, embedder=TEST_SPEC).save(tmp_path / "old")
     meta = json.loads((folder / "policy.json").read_text())
     del meta["config"]["learns"], meta["operating"]
     (folder / "policy.json").write_text(json.dumps(meta))
@@ -216,7 +221,7 @@ def test_config_validation() -> None:
         FeatureConfig(interactions=("mm",))
     with pytest.raises(ValueError, match="epsilon"):
         PolicyConfig(exploration="epsilon", learns="quality")
-    assert PolicyConfig(lam=0.05).reward(0.8, 0.002) == pytest.approx(0.8 - 0.1)
+    assert reward(0.8, 0.002, PolicyConfig(lam=0.05).lam) == pytest.approx(0.8 - 0.1)
     assert PolicyConfig(lam=0.05).vw_cost(0.8, 0.002) == pytest.approx(-0.8), "squarecb learns quality"
     assert PolicyConfig(lam=0.05, exploration="epsilon").vw_cost(0.8, 0.002) == pytest.approx(-0.7)
 

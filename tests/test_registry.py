@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -28,19 +29,27 @@ def trained(small_benchmark: Path, embedder: CachedEmbedder) -> PolicyArtifact:
     catalog = Catalog.from_benchmark(bench)
     logs = simulate(FullInfo.from_benchmark(bench, models=catalog.names), 600, seed=0)
     policy, _ = train_policy(logs, embedder, catalog, PolicyConfig(), FeatureConfig(clusters=(4,)), progress=False)
-    return PolicyArtifact(policy, embedder=embedder.name)
+    return PolicyArtifact(policy, embedder=embedder.spec)
 
 
 def test_register_promote_and_load_by_alias(
-    tmp_path: Path, trained: PolicyArtifact, embedder: CachedEmbedder, small_benchmark: Path
+    tmp_path: Path,
+    trained: PolicyArtifact,
+    embedder: CachedEmbedder,
+    small_benchmark: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reg = PolicyRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    v1 = reg.log_version(trained, params={"lam": 0.05}, metrics={"n_events": 600.0}, tags={"source": "batch"})
-    v2 = reg.log_version(trained, params={"lam": 0.1}, metrics={"n_events": 600.0})
+    with warnings.catch_warnings(record=True) as logged:
+        warnings.simplefilter("always")
+        v1 = reg.log_version(trained, params={"data_path": "a"}, metrics={"n_events": 600.0}, tags={"source": "batch"})
+    v2 = reg.log_version(trained, params={"data_path": "b"}, metrics={"n_events": 600.0})
     assert (v1.version, v2.version) == ("1", "2")
     assert (tmp_path / "mlartifacts").is_dir(), "artifacts live beside the local store"
     run = mlflow.MlflowClient(reg.tracking_uri).get_run(v1.run_id)
-    assert run.data.params["lam"] == "0.05"
+    assert run.data.params["data_path"] == "a"
+    assert run.data.params["lam"] == str(trained.policy.config.lam), "every version logs its learner's settings"
+    assert run.data.params["embedder"] == trained.embedder.name
     assert run.data.metrics["n_events"] == 600.0
 
     with pytest.raises(RegistryError, match="champion"):
@@ -61,13 +70,18 @@ def test_register_promote_and_load_by_alias(
         loaded.policy.predict_many(x, prompt_tokens=tokens), trained.policy.predict_many(x, prompt_tokens=tokens)
     )
 
-    # the registered model is a working MLflow pyfunc with explicit requirements
+    # the registered model is a working MLflow pyfunc (for a user whose MLflow points at the store) with explicit
+    # requirements that install the default ONNX backend and the k-means features
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg.tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", reg.tracking_uri)
     pyfunc = mlflow.pyfunc.load_model("models:/router-ml@champion")
     out = pyfunc.predict(pd.DataFrame({"prompt": prompts[:3]}))
     assert list(out.columns) == ["model", "probability"]
     assert set(out["model"]) <= set(trained.policy.catalog.names)
-    reqs = Path(mlflow.artifacts.download_artifacts("models:/router-ml/1/requirements.txt")).read_text()
-    assert "torch==2.13.0" in reqs and "sentence-transformers" in reqs
+    reqs = Path(mlflow.artifacts.download_artifacts("models:/router-ml/1/requirements.txt")).read_text().split()
+    for needed in ("torch==2.13.0", "onnxruntime>=1.20", "onnx>=1.16", "scikit-learn>=1.3", "router-ml"):
+        assert needed in reqs, reqs
+    assert not [w for w in logged if "input example" in str(w.message)], "a version is logged with an input example"
 
 
 def test_a_failed_run_leaves_no_version(
@@ -88,6 +102,6 @@ def test_a_failed_run_leaves_no_version(
 
 def test_load_policy_from_a_folder(tmp_path: Path, trained: PolicyArtifact) -> None:
     trained.save(tmp_path / "policy")
-    artifact, label = load_policy(str(tmp_path / "policy"))
-    assert label.startswith("file:")
-    assert artifact.policy.catalog == trained.policy.catalog
+    loaded = load_policy(str(tmp_path / "policy"))
+    assert loaded.label.startswith("file:") and loaded.version is None
+    assert loaded.artifact.policy.catalog == trained.policy.catalog

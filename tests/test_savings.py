@@ -65,4 +65,4 @@ def test_decisions_without_the_reference_are_skipped_and_bad_grades_refused() ->
     for bad in ({"propensity": 0.0}, {"quality": 1.5}, {"cost_usd": float("nan")}):
         args = {"propensity": 0.5, "quality": 1.0, "cost_usd": 0.001} | bad
         with pytest.raises(ValueError, match="savings"):
-            live.observe("ref", reference_offered=True, reference_cost_per_1k=1.0, **args)  # type: ignore[arg-type]
+            live.observe("ref", reference_offered=True, reference_cost_per_1k=1.0, **args)

@@ -22,8 +22,9 @@ from router_ml.contracts import load_benchmark
 from router_ml.decision_log import DecisionLog
 from router_ml.embed import CachedEmbedder
 from router_ml.fullinfo import FullInfo
+from router_ml.mlflow_schema import TAG_SEQ
 from router_ml.registry import PolicyRegistry
-from serve.learner import TAG_SEQ, newest_snapshot
+from serve.learner import newest_snapshot
 from tests.mlflowkit import mlflow_server
 from tests.pgkit import PASSWORD, PostgresServer, postgres
 from tests.servekit import API_KEY, MODELS, FakeUpstream, ServerProcess, write_config

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from router_ml import settings as rm_settings
 from router_ml.artifacts import PolicyArtifact
@@ -160,7 +161,7 @@ def test_openai_sdk_through_the_router_with_fallback_and_streaming(
 ) -> None:
     server, _ = stack
     sdk = OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
-    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is 2 + 2?"}]
     # gpt-4o and llama answer; gemini-1.5-flash fails with 500 and gemini-1.5-pro stalls past the timeout
     raw = sdk.chat.completions.with_raw_response.create(
         model="router", messages=messages, extra_body={"router_candidates": ["gpt-4o", "llama-3.1-8b-instruct"]}

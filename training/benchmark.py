@@ -37,6 +37,7 @@ sweep is ``0`` and ``relative_lams / lam_scale``, so the same defaults fit any b
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import time
@@ -54,6 +55,7 @@ from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark
 from router_ml.cost_model import estimate_tokens
 from router_ml.embed import Embedder
+from router_ml.errors import InvalidInput
 from router_ml.features import FeatureConfig, Featurizer
 from router_ml.frontier import FrontierSummary, hull_points, hull_quality, summarise
 from router_ml.fullinfo import FullInfo
@@ -101,20 +103,36 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         unknown = set(self.modes) - set(MODES)
         if not self.modes or unknown:
-            raise ValueError(f"benchmark: 'modes' must be online and/or offline, got {sorted(unknown) or 'none'}")
+            raise InvalidInput(f"benchmark: 'modes' must be online and/or offline, got {sorted(unknown) or 'none'}")
         if not self.relative_lams or any(not (np.isfinite(x) and x > 0) for x in self.relative_lams):
-            raise ValueError(f"benchmark: 'lams' must be finite numbers > 0, got {list(self.relative_lams)}")
+            raise InvalidInput(f"benchmark: 'lams' must be finite numbers > 0, got {list(self.relative_lams)}")
         low, high = self.collect
         if not (0 < low <= high and np.isfinite(high)):
-            raise ValueError(f"benchmark: 'collect' must be a range 0 < low <= high, got {self.collect}")
+            raise InvalidInput(f"benchmark: 'collect' must be a range 0 < low <= high, got {self.collect}")
         if not self.events_per_prompt > 0:
-            raise ValueError(f"benchmark: 'events_per_prompt' must be > 0, got {self.events_per_prompt}")
+            raise InvalidInput(f"benchmark: 'events_per_prompt' must be > 0, got {self.events_per_prompt}")
         if self.seeds < 1 or self.folds < 2:
-            raise ValueError("benchmark: 'seeds' must be >= 1 and 'folds' >= 2")
+            raise InvalidInput("benchmark: 'seeds' must be >= 1 and 'folds' >= 2")
         if self.knn_k < 1 or self.workers < 1:
-            raise ValueError("benchmark: 'knn_k' and 'workers' must be >= 1")
+            raise InvalidInput("benchmark: 'knn_k' and 'workers' must be >= 1")
         for t in self.targets:
             Target.parse(t)
+
+    def to_dict(self, embedder: str) -> dict[str, Any]:
+        """The settings as the result's ``config`` records them, with the encoder's name."""
+        return {
+            "policy": asdict(self.policy),
+            "features": self.features.to_dict(),
+            "relative_lams": list(self.relative_lams),
+            "collect": list(self.collect),
+            "events_per_prompt": self.events_per_prompt,
+            "seeds": self.seeds,
+            "folds": self.folds,
+            "knn_k": self.knn_k,
+            "seed": self.seed,
+            "targets": list(self.targets),
+            "embedder": embedder,
+        }
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchmarkConfig:
@@ -239,7 +257,7 @@ def _replay(table: FullInfo, choices: Ints) -> tuple[Floats, Floats]:
     rows = np.arange(choices.shape[-1])
     quality = table.quality[rows, choices]
     if np.isnan(quality).any():
-        raise ValueError("benchmark: a router chose a model the benchmark lacks for some prompts")
+        raise InvalidInput("benchmark: a router chose a model the benchmark lacks for some prompts")
     return table.cost[rows, choices].mean(axis=-1), quality.mean(axis=-1)
 
 
@@ -412,6 +430,80 @@ def _reference_routers(state: _Shared, knn_k: int) -> list[_Router]:
     return out
 
 
+@dataclass(frozen=True)
+class RouterCurve:
+    """One router's TEST curve (mean cost in USD and quality per ``lam``, seed-averaged), its spread over seeds and
+    its out-of-fold validation curve on TRAIN (learned routers and references only), and its four numbers."""
+
+    points: list[tuple[float, float]]
+    summary: FrontierSummary
+    points_sd: list[list[float]] | None = None
+    validation_points: list[list[float]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: ``points``, ``q_max``, ``cost_at_parity``, ``cost_at_97_5``, ``auc`` and, where known,
+        ``points_sd`` and ``validation_points``."""
+        out: dict[str, Any] = {"points": [list(p) for p in self.points], **self.summary.to_dict()}
+        if self.points_sd is not None:
+            out["points_sd"] = self.points_sd
+        if self.validation_points is not None:
+            out["validation_points"] = self.validation_points
+        return out
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """What the protocol found (the JSON schema is ``docs/decisions/0002-benchmark-v2.md``'s): the best single
+    model (decided on TRAIN, measured on TEST), the ``lam`` sweep, every router's curve, every router's operating
+    point per target, the settings and the timings."""
+
+    best_model: str
+    best_quality: float
+    best_cost: float
+    lams: list[float]
+    lam_scale: float
+    config: dict[str, Any]
+    routers: dict[str, RouterCurve]
+    operating_points: dict[str, dict[str, OperatingResult]]
+    n_train_prompts: int
+    n_test_prompts: int
+    embed_seconds: float
+    learn_seconds: float
+    seconds: float
+
+    PROTOCOL = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form ``router-ml benchmark --json`` writes."""
+        routers = {name: curve.to_dict() for name, curve in self.routers.items()}
+        return {
+            "protocol": self.PROTOCOL,
+            "best_single": {
+                "model": self.best_model,
+                "quality": self.best_quality,
+                "cost": self.best_cost,
+                "decided_on": "train",
+            },
+            "lams": self.lams,
+            "lam_scale": self.lam_scale,
+            "config": self.config,
+            "routers": routers,
+            "router_ml": routers.get("router_ml"),
+            "operating_points": {
+                name: {t: op.to_dict() for t, op in targets.items()} for name, targets in self.operating_points.items()
+            },
+            "n_train_prompts": self.n_train_prompts,
+            "n_test_prompts": self.n_test_prompts,
+            "embed_seconds": self.embed_seconds,
+            "learn_seconds": self.learn_seconds,
+            "seconds": self.seconds,
+        }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+
 def run_benchmark(
     train_path: Path,
     test_path: Path,
@@ -421,16 +513,15 @@ def run_benchmark(
     catalog_path: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run the whole protocol and return the JSON-ready result (the schema is in the README)."""
+) -> BenchmarkResult:
+    """Run the whole protocol: learn every policy, replay, choose the operating points, summarise."""
     t0 = time.perf_counter()
-    train_df = load_benchmark(train_path)
-    test_df = load_benchmark(test_path)
+    train_df, test_df = load_benchmark(train_path), load_benchmark(test_path)
     catalog = catalog_for_benchmark(train_path, train_df, catalog_path)
     train = FullInfo.from_benchmark(train_df, models=catalog.names)
     test = FullInfo.from_benchmark(test_df, models=catalog.names)
     if len(train.prompts) < config.folds * 10:
-        raise ValueError(f"benchmark: TRAIN has {len(train.prompts)} prompts, too few for {config.folds} folds")
+        raise InvalidInput(f"benchmark: TRAIN has {len(train.prompts)} prompts, too few for {config.folds} folds")
     log(f"TRAIN {len(train.prompts)} prompts, TEST {len(test.prompts)} prompts, {len(catalog)} models")
     train_emb = embedder.encode(train.prompts, progress=progress)
     test_emb = embedder.encode(test.prompts, progress=progress)
@@ -443,72 +534,55 @@ def run_benchmark(
     t1 = time.perf_counter()
     swept = _sweep(state, progress)
     t_learn = time.perf_counter() - t1
-    learned = _learned_routers(swept, state, ctx)
-    references = _reference_routers(state, config.knn_k)
-
-    ref_model = catalog.names[ctx.ref]
-    best_q, best_c = float(ctx.test_q[ctx.ref]), float(ctx.test_c[ctx.ref])
-    curves: dict[str, list[tuple[float, float]]] = {}
-    spreads: dict[str, list[list[float]]] = {}
-    for r in [*learned, *references]:
-        assert r.curve is not None
-        curves[r.name] = r.curve.points()
-        spreads[r.name] = [list(p) for p in zip(r.curve.cost_sd.tolist(), r.curve.quality_sd.tolist())]
-    for j, m in enumerate(catalog.names):
-        curves[f"single:{m}"] = [(float(ctx.test_c[j]), float(ctx.test_q[j]))]
-    curves["single_model_hull"] = hull_points(ctx.test_singles)
-    orc = np.stack([oracle(test, lam) for lam in lams])
-    curves["oracle"] = list(zip(*(a.tolist() for a in _replay(test, orc))))
-
-    hull_router = _Router("single_model_hull", {}, [{}])
-    operating: dict[str, dict[str, Any]] = {}
-    for r in [*learned, *references, hull_router]:
-        operating[r.name] = {t: ctx.operating(r, t).to_dict() for t in config.targets}
-
-    routers: dict[str, Any] = {}
-    for name, points in curves.items():
-        summary: FrontierSummary = summarise(points, best_q, best_c)
-        routers[name] = {"points": [list(p) for p in points], **summary.to_dict()}
-        if name in spreads:
-            routers[name]["points_sd"] = spreads[name]
-    for r in [*learned, *references]:
-        routers[r.name]["validation_points"] = r.validation_points()
-    result: dict[str, Any] = {
-        "protocol": 2,
-        "best_single": {"model": ref_model, "quality": best_q, "cost": best_c, "decided_on": "train"},
-        "lams": lams,
-        "lam_scale": lam_scale,
-        "config": {
-            "policy": asdict(config.policy),
-            "features": config.features.to_dict(),
-            "relative_lams": list(config.relative_lams),
-            "collect": list(config.collect),
-            "events_per_prompt": config.events_per_prompt,
-            "seeds": config.seeds,
-            "folds": config.folds,
-            "knn_k": config.knn_k,
-            "seed": config.seed,
-            "targets": list(config.targets),
-            "embedder": embedder.name,
+    routers = [*_learned_routers(swept, state, ctx), *_reference_routers(state, config.knn_k)]
+    return BenchmarkResult(
+        best_model=catalog.names[ctx.ref],
+        best_quality=float(ctx.test_q[ctx.ref]),
+        best_cost=float(ctx.test_c[ctx.ref]),
+        lams=lams,
+        lam_scale=lam_scale,
+        config=config.to_dict(embedder.name),
+        routers=_curves(routers, ctx, state),
+        operating_points={
+            r.name: {t: ctx.operating(r, t) for t in config.targets}
+            for r in [*routers, _Router("single_model_hull", {}, [{}])]
         },
-        "routers": routers,
-        "router_ml": routers.get("router_ml"),
-        "operating_points": operating,
-        "n_train_prompts": len(train.prompts),
-        "n_test_prompts": len(test.prompts),
-        "embed_seconds": t_embed,
-        "learn_seconds": t_learn,
-    }
-    result["seconds"] = time.perf_counter() - t0
-    return result
+        n_train_prompts=len(train.prompts),
+        n_test_prompts=len(test.prompts),
+        embed_seconds=t_embed,
+        learn_seconds=t_learn,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _curves(routers: list[_Router], ctx: _Context, state: _Shared) -> dict[str, RouterCurve]:
+    """Every router's TEST curve with its four numbers: the learned routers and references, each single model, the
+    single-model hull and the hindsight oracle."""
+    best_q, best_c = float(ctx.test_q[ctx.ref]), float(ctx.test_c[ctx.ref])
+
+    def curve(points: list[tuple[float, float]], **extra: Any) -> RouterCurve:
+        return RouterCurve(points, summarise(points, best_q, best_c), **extra)
+
+    out: dict[str, RouterCurve] = {}
+    for r in routers:
+        assert r.curve is not None
+        sd = [list(p) for p in zip(r.curve.cost_sd.tolist(), r.curve.quality_sd.tolist())]
+        out[r.name] = curve(r.curve.points(), points_sd=sd, validation_points=r.validation_points())
+    for j, m in enumerate(state.catalog.names):
+        out[f"single:{m}"] = curve([(float(ctx.test_c[j]), float(ctx.test_q[j]))])
+    out["single_model_hull"] = curve(hull_points(ctx.test_singles))
+    orc = np.stack([oracle(state.test, lam) for lam in state.lams])
+    out["oracle"] = curve(list(zip(*(a.tolist() for a in _replay(state.test, orc)))))
+    return out
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "—" if v is None else format(v, spec)
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(benchmark: BenchmarkResult) -> str:
     """The operating points of every router, then the four frontier numbers (singles: only the five best)."""
+    result = benchmark.to_dict()
     best = result["best_single"]
     lines = [
         f"best single model (decided on TRAIN): {best['model']}, on TEST quality {best['quality']:.4f} "
@@ -540,12 +614,10 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(result: dict[str, Any], json_path: Path, plot_path: Path | None) -> None:
+def write_outputs(result: BenchmarkResult, json_path: Path, plot_path: Path | None) -> None:
     """The JSON file, and the frontier plot if asked."""
-    import json
-
-    atomic_write_text(json_path, json.dumps(result, indent=2))
+    atomic_write_text(json_path, result.to_json())
     if plot_path is not None:
         from router_ml.plots import frontier_plot
 
-        frontier_plot(result, plot_path)
+        frontier_plot(result.to_dict(), plot_path)

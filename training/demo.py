@@ -16,6 +16,7 @@ from router_ml.atomic import atomic_write_text
 from router_ml.contracts import load_benchmark
 from router_ml.cost_model import estimate_tokens
 from router_ml.embed import Embedder
+from router_ml.evaluation import Evaluation
 from router_ml.features import FeatureConfig
 from router_ml.frontier import hull_quality
 from router_ml.fullinfo import FullInfo
@@ -24,9 +25,9 @@ from router_ml.policy import Policy, PolicyConfig
 from router_ml.registry import CHAMPION, PolicyRegistry
 from router_ml.replay import ReplayResult, best_single, replay_distribution, single_models
 from router_ml.simulate import simulate
-from router_ml.split import split_by_hash
+from router_ml.split import TEST_FRACTION, split_by_hash
 from training.evaluate import evaluate_artifact, format_report, metrics
-from training.pipelines import EmbedderOptions, TrainOutcome, catalog_for_benchmark, run_train, write_parquet
+from training.pipelines import TrainOutcome, catalog_for_benchmark, run_train, write_parquet
 
 
 def holdout_report(policy: Policy, embedder: Embedder, table: FullInfo) -> dict[str, Any]:
@@ -128,17 +129,21 @@ def format_holdout(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+DEMO_EVENTS_PER_PROMPT = 12.0
+"""Uniformly logged events per TRAIN prompt the demo simulates."""
+
+
 def run_demo(
     benchmark: Path,
     *,
     out_dir: Path,
-    events_per_prompt: float,
     config: PolicyConfig,
     features: FeatureConfig,
-    passes: int,
-    embedder: EmbedderOptions,
+    embedder: Embedder,
     registry: PolicyRegistry,
     target: Target | None,
+    events_per_prompt: float = DEMO_EVENTS_PER_PROMPT,
+    passes: int = 1,
     catalog_path: Path | None = None,
     seed: int = 0,
 ) -> tuple[dict[str, Any], str]:
@@ -150,11 +155,10 @@ def run_demo(
     bench = load_benchmark(benchmark)
     catalog = catalog_for_benchmark(benchmark, bench, catalog_path)
     table = FullInfo.from_benchmark(bench, models=catalog.names)
-    train_rows, test_rows = split_by_hash(table.prompt_ids, 0.2)
+    train_rows, test_rows = split_by_hash(table.prompt_ids, TEST_FRACTION)
     train_table, test_table = table.subset(train_rows), table.subset(test_rows)
-    n_events = max(1, int(events_per_prompt * len(train_rows)))
     logs_path = out_dir / "train_logs.parquet"
-    write_parquet(simulate(train_table, n_events, seed=seed), logs_path)
+    write_parquet(simulate(train_table, max(1, int(events_per_prompt * len(train_rows))), seed=seed), logs_path)
     catalog.save(out_dir / "catalog.toml")
     outcome = run_train(
         logs_path,
@@ -165,37 +169,16 @@ def run_demo(
         embedder=embedder,
         registry=registry,
         target=target,
-        extra_params={"benchmark": str(benchmark), "split": "sha256(prompt_id) < 0.2 is test"},
+        extra_params={"benchmark": str(benchmark), "split": f"sha256(prompt_id) < {TEST_FRACTION} is test"},
     )
-    encoder = embedder.build()
-    report = holdout_report(outcome.policy, encoder, test_table)
-    report["targets"] = target_replays(outcome, encoder, test_table, ALSO) if outcome.calibrator else []
+    report = holdout_report(outcome.policy, embedder, test_table)
+    report["targets"] = target_replays(outcome, embedder, test_table, ALSO) if outcome.calibrator else []
     # The counterfactual check: what the evaluator estimates from bandit logs on TEST, against the replay truth.
     test_logs = simulate(test_table, max(1, int(events_per_prompt * len(test_rows))), seed=seed + 1)
     write_parquet(test_logs, out_dir / "test_logs.parquet")
-    artifact = PolicyArtifact(outcome.policy, embedder=encoder.name, embedder_path=embedder.model_path)
-    evaluation = evaluate_artifact(artifact, test_logs, encoder)
-    report["counterfactual"] = {
-        "n_events": evaluation.n_events,
-        "dr_quality": asdict(evaluation.policy.headline("quality")),
-        "dr_cost_usd": asdict(evaluation.policy.headline("cost_usd")),
-        "truth_quality": report["policy_exploring"]["quality"],
-        "truth_cost_usd": report["policy_exploring"]["cost_usd"],
-        "savings_vs_best": evaluation.savings.to_dict(),
-    }
-    table_text = format_report(evaluation, title="counterfactual estimate of the same policy from uniform logs on TEST")
-    registry.log_metrics(
-        outcome.version.run_id,
-        {
-            "holdout_quality": report["policy"]["quality"],
-            "holdout_cost_usd": report["policy"]["cost_usd"],
-            "holdout_best_single_quality": report["best_single"]["quality"],
-            "holdout_best_single_cost_usd": report["best_single"]["cost_usd"],
-            **metrics(evaluation),
-        },
-    )
-    if not any(CHAMPION in v.aliases for v in registry.versions()):
-        registry.promote(outcome.version.version)
+    evaluation = evaluate_artifact(PolicyArtifact(outcome.policy, embedder=embedder.spec), test_logs, embedder)
+    report["counterfactual"] = counterfactual_check(evaluation, report)
+    _record(registry, outcome, report, evaluation)
     report.update(
         {
             "calibration": outcome.calibration.to_dict() if outcome.calibration else None,
@@ -209,4 +192,33 @@ def run_demo(
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2))
     calibrated = outcome.calibration.format() + "\n\n" if outcome.calibration else ""
     targets = format_targets(report["targets"]) + "\n\n" if report["targets"] else ""
+    table_text = format_report(evaluation, title="counterfactual estimate of the same policy from uniform logs on TEST")
     return report, calibrated + format_holdout(report) + "\n\n" + targets + table_text
+
+
+def counterfactual_check(evaluation: Evaluation, report: dict[str, Any]) -> dict[str, Any]:
+    """The evaluator's estimate from uniform logs on TEST beside the exact replay's truth."""
+    return {
+        "n_events": evaluation.n_events,
+        "dr_quality": asdict(evaluation.policy.headline("quality")),
+        "dr_cost_usd": asdict(evaluation.policy.headline("cost_usd")),
+        "truth_quality": report["policy_exploring"]["quality"],
+        "truth_cost_usd": report["policy_exploring"]["cost_usd"],
+        "savings_vs_best": evaluation.savings.to_dict(),
+    }
+
+
+def _record(registry: PolicyRegistry, outcome: TrainOutcome, report: dict[str, Any], evaluation: Evaluation) -> None:
+    """The held-out figures on the version's run; the first version becomes champion."""
+    registry.log_metrics(
+        outcome.version.run_id,
+        {
+            "holdout_quality": report["policy"]["quality"],
+            "holdout_cost_usd": report["policy"]["cost_usd"],
+            "holdout_best_single_quality": report["best_single"]["quality"],
+            "holdout_best_single_cost_usd": report["best_single"]["cost_usd"],
+            **metrics(evaluation),
+        },
+    )
+    if not any(CHAMPION in v.aliases for v in registry.versions()):
+        registry.promote(outcome.version.version)

@@ -9,11 +9,13 @@ SHA-256 as the ``eval_data_sha256`` tag).
 ``run_promote`` moves an alias (default ``champion``) only when the challenger clearly beats the
 version that holds it: both are evaluated on the same logs with the challenger's ``lam``, and the
 challenger's DR reward lower bound must exceed the holder's DR reward estimate. ``force`` overrides
-and says so in the version's tags.
+and says so in the version's tags. Both return typed values (:class:`EvaluationReport`,
+:class:`PromotionOutcome`) with a ``to_json``.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from dataclasses import dataclass
@@ -23,63 +25,25 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from router_ml import settings
+from router_ml import mlflow_schema
 from router_ml.artifacts import PolicyArtifact
 from router_ml.atomic import atomic_write_text
 from router_ml.contracts import load_logs
-from router_ml.embed import Embedder, EmbeddingCache
+from router_ml.embed import Embedder
+from router_ml.encoders import Embedders
+from router_ml.errors import InvalidInput
 from router_ml.estimators import Estimate
 from router_ml.evaluation import (
     Evaluation,
     GateDecision,
-    LoggedEvents,
     TargetEstimates,
     estimator_set,
     evaluate_policy,
     gate,
 )
+from router_ml.events import LoggedEvents
 from router_ml.learn import file_fingerprint
-from router_ml.registry import CHAMPION, PolicyRegistry, VersionInfo, load_policy
-from training.pipelines import EmbedderOptions
-
-PROMOTION_TAG = "promotion_"
-
-
-@dataclass(frozen=True)
-class LoadedPolicy:
-    """A policy and where it came from: ``label`` is the version number or ``file:<folder>``."""
-
-    artifact: PolicyArtifact
-    label: str
-    version: VersionInfo | None
-    registry: PolicyRegistry | None
-
-
-def load(ref: str, tracking_uri: str | None = None) -> LoadedPolicy:
-    """A policy from a folder (no registry is opened), or from the registry (version, alias, ``models:/...``)."""
-    if Path(ref).is_dir():
-        artifact, label = load_policy(ref)
-        return LoadedPolicy(artifact, label, None, None)
-    registry = PolicyRegistry(tracking_uri)
-    artifact, info = registry.load(ref)
-    return LoadedPolicy(artifact, info.version, info, registry)
-
-
-class _Embedders:
-    """The embedder each policy was trained with, behind the shared cache; each is built once."""
-
-    def __init__(self, options: EmbedderOptions) -> None:
-        self.options = options
-        self._built: dict[tuple[str, str | None], Embedder] = {}
-
-    def for_policy(self, artifact: PolicyArtifact) -> Embedder:
-        key = (artifact.embedder, artifact.embedder_path)
-        if key not in self._built:
-            cache = EmbeddingCache(self.options.cache or settings.embedding_cache_path())
-            self._built[key] = artifact.build_embedder(
-                threads=self.options.threads, batch_size=self.options.batch_size, cache=cache
-            )
-        return self._built[key]
+from router_ml.registry import CHAMPION, LoadedPolicy, PolicyRef, PolicyRegistry, VersionInfo, load_policy
 
 
 def evaluate_artifact(
@@ -124,12 +88,39 @@ def _triple(name: str, est: Estimate) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class EvaluateOutcome:
-    """The evaluation, its JSON report, and the MLflow run it was logged to (if any)."""
+class EvaluationReport:
+    """An evaluation and what it was of: the policy (its reference, label and record), the logs (path, SHA-256,
+    rows) and how long it took; ``run_id`` is the MLflow run it was logged to (None for a folder)."""
 
+    ref: str
+    loaded: LoadedPolicy
+    logs_path: Path
+    logs_sha256: str
+    logs_rows: int
     evaluation: Evaluation
-    report: dict[str, Any]
-    run_id: str | None
+    seconds: float
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``policy``, ``logs``, the evaluation's own fields, ``seconds``."""
+        artifact, version = self.loaded.artifact, self.loaded.version
+        return {
+            "policy": {
+                "ref": self.ref,
+                "version": self.loaded.label,
+                "run_id": version.run_id if version else None,
+                "trained_lam": artifact.policy.config.lam,
+                "embedder": artifact.embedder.name,
+                "catalog": artifact.policy.catalog.names,
+            },
+            "logs": {"path": str(self.logs_path), "sha256": self.logs_sha256, "rows": self.logs_rows},
+            **self.evaluation.to_dict(),
+            "seconds": round(self.seconds, 2),
+        }
+
+    def to_json(self) -> str:
+        """The report as the JSON ``router-ml evaluate --json`` writes."""
+        return json.dumps(self.to_dict(), indent=2)
 
 
 def run_evaluate(
@@ -137,11 +128,11 @@ def run_evaluate(
     logs_path: Path,
     *,
     tracking_uri: str | None,
-    embedder: EmbedderOptions,
+    embedders: Embedders,
     lam: float | None = None,
     clip: float | None = None,
     json_out: Path | None = None,
-) -> EvaluateOutcome:
+) -> EvaluationReport:
     """Evaluate a policy on a logged-traffic file; write ``json_out`` and log to the version's run if registered.
 
     The logs are validated before anything is loaded, and nothing is written or logged unless the
@@ -150,35 +141,30 @@ def run_evaluate(
     t0 = time.perf_counter()
     estimator_set(clip)  # a bad --clip or --lam fails before anything is loaded or embedded
     if lam is not None and not (np.isfinite(lam) and lam >= 0):
-        raise ValueError(f"evaluate: 'lam' must be a finite number >= 0, got {lam}")
+        raise InvalidInput(f"evaluate: 'lam' must be a finite number >= 0, got {lam}")
     logs = load_logs(logs_path)
-    loaded = load(ref, tracking_uri)
+    parsed = PolicyRef.parse(ref)
+    registry = None if parsed.kind == "folder" else PolicyRegistry(tracking_uri)
+    loaded = load_policy(parsed, registry)
     evaluation = evaluate_artifact(
-        loaded.artifact, logs, _Embedders(embedder).for_policy(loaded.artifact), lam=lam, clip=clip
+        loaded.artifact, logs, embedders.get(loaded.artifact.embedder), lam=lam, clip=clip
     )
     sha = file_fingerprint(logs_path)
-    report: dict[str, Any] = {
-        "policy": {
-            "ref": ref,
-            "version": loaded.label,
-            "run_id": loaded.version.run_id if loaded.version else None,
-            "trained_lam": loaded.artifact.policy.config.lam,
-            "embedder": loaded.artifact.embedder,
-            "catalog": loaded.artifact.policy.catalog.names,
-        },
-        "logs": {"path": str(logs_path), "sha256": sha, "rows": logs.height},
-        **evaluation.to_dict(),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    run_id = loaded.version.run_id if loaded.version is not None else None
+    report = EvaluationReport(
+        ref, loaded, logs_path, sha, logs.height, evaluation, time.perf_counter() - t0, run_id=run_id
+    )
     if json_out is not None:
-        atomic_write_text(json_out, json.dumps(report, indent=2))
-    run_id = None
-    if loaded.version is not None and loaded.registry is not None:
-        run_id = loaded.version.run_id
-        loaded.registry.log_metrics(run_id, metrics(evaluation))
-        tags = {"eval_data_sha256": sha, "eval_data_path": str(logs_path), "eval_best_single": evaluation.best_model}
-        loaded.registry.set_run_tags(run_id, tags)
-    return EvaluateOutcome(evaluation, report, run_id)
+        atomic_write_text(json_out, report.to_json())
+    if registry is not None and run_id is not None:
+        registry.log_metrics(run_id, metrics(evaluation))
+        tags = {
+            mlflow_schema.TAG_EVAL_DATA_SHA256: sha,
+            mlflow_schema.TAG_EVAL_DATA_PATH: str(logs_path),
+            mlflow_schema.TAG_EVAL_BEST_SINGLE: evaluation.best_model,
+        }
+        registry.set_run_tags(run_id, tags)
+    return report
 
 
 def _cell(est: Estimate, scale: float = 1.0) -> str:
@@ -229,18 +215,79 @@ def format_report(evaluation: Evaluation, *, title: str, max_singles: int = 10) 
     return "\n".join(lines)
 
 
-class PromotionRefused(Exception):
-    """The challenger did not clearly beat the version holding the alias; the alias is unchanged."""
+class Gate(enum.Enum):
+    """How a promotion went: the alias moved (``no-previous``, ``passed``, ``forced``) or did not (``unchanged``:
+    the version already held it; ``refused``: the challenger did not clearly beat the holder)."""
+
+    NO_PREVIOUS = "no-previous"
+    PASSED = "passed"
+    FORCED = "forced"
+    UNCHANGED = "unchanged"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
 class PromotionOutcome:
-    """What promote did: ``gate`` is ``no-previous``, ``passed``, ``forced`` or ``unchanged``."""
+    """What promote did: the challenger's version record (after the move), the version that held the alias, the
+    :class:`Gate`, and the comparison on the logs when there was one."""
 
     version: VersionInfo
     previous: VersionInfo | None
-    gate: str
-    decision: GateDecision | None
+    gate: Gate
+    alias: str
+    decision: GateDecision | None = None
+    logs_path: Path | None = None
+
+    @property
+    def promoted(self) -> bool:
+        """Did the alias move to the challenger?"""
+        return self.gate in (Gate.NO_PREVIOUS, Gate.PASSED, Gate.FORCED)
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        info, d, alias = self.version, self.decision, self.alias
+        if self.gate is Gate.UNCHANGED:
+            return f"{info.name} version {info.version} already is '{alias}'"
+        if self.gate is Gate.REFUSED:
+            assert d is not None and self.previous is not None
+            c, h = d.challenger, d.holder
+            return (
+                f"version {info.version}'s DR reward {c.value:.4f} [{c.low:.4f}, {c.high:.4f}] does not clear "
+                f"version {self.previous.version}'s {h.value:.4f} (the current '{alias}'; lam {d.lam:g}, "
+                f"{d.n_events:,} events of {self.logs_path}): the lower bound must exceed it. '{alias}' is unchanged; "
+                "--force overrides"
+            )
+        how = {Gate.NO_PREVIOUS: "no version held it", Gate.PASSED: "gate passed", Gate.FORCED: "forced"}[self.gate]
+        if d is not None:
+            how += (
+                f": DR reward {d.challenger.value:.4f} [{d.challenger.low:.4f}, {d.challenger.high:.4f}] vs version "
+                f"{self.previous.version if self.previous else '?'}'s {d.holder.value:.4f} (lam {d.lam:g})"
+            )
+        return f"{info.name} version {info.version} is now '{alias}' ({how})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = self.decision
+        return {
+            "version": self.version.version,
+            "previous": self.previous.version if self.previous else None,
+            "alias": self.alias,
+            "gate": self.gate.value,
+            "promoted": self.promoted,
+            "decision": None
+            if d is None
+            else {
+                "passed": d.passed,
+                "lam": d.lam,
+                "n_events": d.n_events,
+                "challenger_dr_reward": [d.challenger.value, d.challenger.low, d.challenger.high],
+                "holder_dr_reward": d.holder.value,
+            },
+        }
+
+    def to_json(self) -> str:
+        """The outcome as JSON."""
+        return json.dumps(self.to_dict(), indent=2)
 
 
 def run_promote(
@@ -250,38 +297,30 @@ def run_promote(
     alias: str = CHAMPION,
     logs_path: Path | None = None,
     force: bool = False,
-    embedder: EmbedderOptions | None = None,
+    embedders: Embedders | None = None,
 ) -> PromotionOutcome:
     """Point ``alias`` at ``ref`` if nothing holds it, or if the challenger clearly beats the holder on ``logs_path``.
 
-    Raises :class:`PromotionRefused` when the gate says no (unless ``force``), and ``ValueError``
-    when a holder exists but no logs were given (unless ``force``). A refusal changes nothing.
+    A holder with no logs given is an error (unless ``force``); a challenger that does not clearly win is a
+    :attr:`Gate.REFUSED` outcome (unless ``force``). Neither changes anything.
     """
     challenger = registry.resolve(ref)
     holder = registry.aliased(alias)
     if holder is not None and holder.version == challenger.version:
-        return PromotionOutcome(challenger, holder, "unchanged", None)
+        return PromotionOutcome(challenger, holder, Gate.UNCHANGED, alias)
     if holder is None:
-        return _promote(registry, challenger, alias, None, "no-previous", {})
+        return _promote(registry, challenger, alias, None, Gate.NO_PREVIOUS, {})
     if logs_path is None:
         if not force:
-            raise ValueError(
+            raise InvalidInput(
                 f"promote: version {holder.version} is '{alias}'; pass --logs FILE to compare version "
                 f"{challenger.version} with it on logged traffic, or --force to promote without a comparison"
             )
-        return _promote(registry, challenger, alias, holder, "forced", {})
-
-    logs = load_logs(logs_path)
-    embedders = _Embedders(embedder or EmbedderOptions())
-    mine = registry.load(challenger.version)[0]
-    theirs = registry.load(holder.version)[0]
-    lam = mine.policy.config.lam
-    challenger_eval = evaluate_artifact(mine, logs, embedders.for_policy(mine), lam=lam)
-    holder_eval = evaluate_artifact(theirs, logs, embedders.for_policy(theirs), lam=lam)
-    decision = gate(challenger_eval, holder_eval)
+        return _promote(registry, challenger, alias, holder, Gate.FORCED, {})
+    decision = _compare(registry, challenger, holder, load_logs(logs_path), embedders or Embedders())
     c, h = decision.challenger, decision.holder
     figures = {
-        "lam": f"{lam:g}",
+        "lam": f"{decision.lam:g}",
         "n_events": str(decision.n_events),
         "logs_sha256": file_fingerprint(logs_path),
         "dr_reward": f"{c.value:.6f}",
@@ -289,15 +328,22 @@ def run_promote(
         "dr_reward_high": f"{c.high:.6f}",
         "previous_dr_reward": f"{h.value:.6f}",
     }
-    if decision.passed:
-        return _promote(registry, challenger, alias, holder, "passed", figures, decision)
-    if force:
-        return _promote(registry, challenger, alias, holder, "forced", figures, decision)
-    raise PromotionRefused(
-        f"version {challenger.version}'s DR reward {c.value:.4f} [{c.low:.4f}, {c.high:.4f}] does not clear "
-        f"version {holder.version}'s {h.value:.4f} (the current '{alias}'; lam {lam:g}, {decision.n_events:,} "
-        f"events of {logs_path}): the lower bound must exceed it. '{alias}' is unchanged; --force overrides"
-    )
+    if decision.passed or force:
+        gate = Gate.PASSED if decision.passed else Gate.FORCED
+        return _promote(registry, challenger, alias, holder, gate, figures, decision, logs_path)
+    return PromotionOutcome(challenger, holder, Gate.REFUSED, alias, decision, logs_path)
+
+
+def _compare(
+    registry: PolicyRegistry, challenger: VersionInfo, holder: VersionInfo, logs: pl.DataFrame, embedders: Embedders
+) -> GateDecision:
+    """Both versions evaluated on the same logs at the challenger's ``lam``, and the gate's verdict."""
+    mine = registry.load(challenger.version)[0]
+    theirs = registry.load(holder.version)[0]
+    lam = mine.policy.config.lam
+    challenger_eval = evaluate_artifact(mine, logs, embedders.get(mine.embedder), lam=lam)
+    holder_eval = evaluate_artifact(theirs, logs, embedders.get(theirs.embedder), lam=lam)
+    return gate(challenger_eval, holder_eval)
 
 
 def _promote(
@@ -305,22 +351,24 @@ def _promote(
     challenger: VersionInfo,
     alias: str,
     holder: VersionInfo | None,
-    gate_result: str,
+    gate_result: Gate,
     figures: dict[str, str],
     decision: GateDecision | None = None,
+    logs_path: Path | None = None,
 ) -> PromotionOutcome:
     """Move the alias and record how: ``promotion_*`` tags on the version, replacing any from an earlier promotion."""
     tags = {
-        "gate": gate_result,
-        "forced": "true" if gate_result == "forced" else "false",
+        "gate": gate_result.value,
+        "forced": "true" if gate_result is Gate.FORCED else "false",
         "alias": alias,
         **({"previous": holder.version} if holder else {}),
         **figures,
     }
-    tags = {f"{PROMOTION_TAG}{k}": v for k, v in tags.items()}
+    prefix = mlflow_schema.PROMOTION_PREFIX
+    tags = {f"{prefix}{k}": v for k, v in tags.items()}
     info = registry.promote(challenger.version, alias, tags=tags)
-    stale = [k for k in info.tags if k.startswith(PROMOTION_TAG) and k not in tags]
+    stale = [k for k in info.tags if k.startswith(prefix) and k not in tags]
     if stale:
         registry.delete_version_tags(info.version, stale)
         info = registry.resolve(info.version)
-    return PromotionOutcome(info, holder, gate_result, decision)
+    return PromotionOutcome(info, holder, gate_result, alias, decision, logs_path)

@@ -1,4 +1,4 @@
-"""The training-side jobs the CLI runs: simulate, train (and version in MLflow), and the end-to-end demo."""
+"""The training-side jobs: simulate logged traffic, split a benchmark, train a policy and register it as a version."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from router_ml import settings
+from router_ml import mlflow_schema, settings
 from router_ml.artifacts import PolicyArtifact
 from router_ml.atomic import atomic_write_with
-from router_ml.calibrate import CalibrationReport, Calibrator
+from router_ml.calibrate import DEFAULT_CONFIDENCE, DEFAULT_FOLDS, CalibrationReport, Calibrator
 from router_ml.catalog import Catalog
 from router_ml.contracts import graded_only, load_benchmark, load_logs
-from router_ml.embed import DEFAULT_BACKEND, CachedEmbedder, Embedder, EmbeddingCache, build_encoder
-from router_ml.evaluation import LoggedEvents
+from router_ml.embed import Embedder
+from router_ml.errors import InvalidInput
+from router_ml.events import LoggedEvents
 from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.learn import TrainReport, file_fingerprint, fit_graded, train_policy
@@ -26,27 +27,6 @@ from router_ml.policy import Policy, PolicyConfig
 from router_ml.registry import PolicyRegistry, VersionInfo, load_policy
 from router_ml.simulate import EpsilonGreedy, LoggingPolicy, Uniform, simulate
 from router_ml.split import split_by_hash
-
-
-@dataclass(frozen=True)
-class EmbedderOptions:
-    """How to build the (cached) embedder: ``backend`` is ``torch`` (sentence-transformers) or ``onnx`` (the same
-    model on ONNX Runtime); ``max_len`` is the truncation length in tokens (default: the model's, 256 for MiniLM).
-    The backend is part of the embedder's name, so a policy records it and rebuilds the same one at load."""
-
-    model_path: str | None = None
-    threads: int | None = None
-    batch_size: int = 16
-    cache: Path | None = None
-    backend: str = DEFAULT_BACKEND
-    max_len: int | None = None
-
-    def build(self) -> Embedder:
-        """The encoder behind the on-disk cache."""
-        inner = build_encoder(
-            self.backend, self.model_path, threads=self.threads, batch_size=self.batch_size, max_len=self.max_len
-        )
-        return CachedEmbedder(inner, EmbeddingCache(self.cache or settings.embedding_cache_path()))
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
@@ -60,9 +40,9 @@ def logging_policy(name: str, model: str | None, epsilon: float) -> LoggingPolic
         return Uniform()
     if name == "epsilon-greedy":
         if not model:
-            raise ValueError("simulate: --logging epsilon-greedy needs --greedy-model")
+            raise InvalidInput("simulate: --logging epsilon-greedy needs --greedy-model")
         return EpsilonGreedy(model, epsilon)
-    raise ValueError(f"simulate: unknown logging policy {name!r} (uniform, epsilon-greedy)")
+    raise InvalidInput(f"simulate: unknown logging policy {name!r} (uniform, epsilon-greedy)")
 
 
 def run_simulate(benchmark: Path, events: int, seed: int, out: Path, logging: LoggingPolicy) -> pl.DataFrame:
@@ -115,6 +95,25 @@ class TrainOutcome:
     calibrator: Calibrator | None = None
     """What calibrated the version: it can meet more targets on the same logs (:meth:`Calibrator.report`)."""
 
+    def summary(self) -> str:
+        """What the run did, for the terminal: the events, the progressive estimate, the operating point, the
+        version."""
+        r, v = self.report, self.version
+        served = (
+            self.calibration.format()
+            if self.calibration is not None
+            else f"operating point: {self.policy.operating.label} (no calibration: --lam was given)"
+        )
+        return "\n".join(
+            [
+                f"learned from {r.n_events} events ({r.n_ungraded} ungraded skipped) at {r.events_per_second:,.0f} "
+                "events/s",
+                f"progressive SNIPS: quality {r.progressive_quality:.4f}, cost ${r.progressive_cost_usd * 1000:.4f}/1k",
+                served,
+                f"registered {v.name} version {v.version} (run {v.run_id})",
+            ]
+        )
+
 
 def run_train(
     logs_path: Path,
@@ -122,12 +121,12 @@ def run_train(
     catalog: Catalog,
     config: PolicyConfig,
     features: FeatureConfig,
-    passes: int,
-    embedder: EmbedderOptions,
+    embedder: Embedder,
     registry: PolicyRegistry,
+    passes: int = 1,
     target: Target | None = None,
-    folds: int = 3,
-    confidence: float = 0.5,
+    folds: int = DEFAULT_FOLDS,
+    confidence: float = DEFAULT_CONFIDENCE,
     warm_start: str | None = None,
     extra_params: dict[str, Any] | None = None,
     progress: bool = True,
@@ -140,66 +139,78 @@ def run_train(
     and models the catalog adds start from their price and id features, and get explored.
     """
     logs = load_logs(logs_path)
-    enc = embedder.build()
-    start: Policy | None = None
-    parent: str | None = None
-    if warm_start is not None:
-        previous, parent = load_policy(warm_start, registry)
-        if previous.embedder != enc.name:
-            raise ValueError(f"train: --warm-start policy uses embedder '{previous.embedder}', not '{enc.name}'")
-        start = previous.policy.with_catalog(catalog)
+    start, parent = _warm_start(warm_start, registry, embedder, catalog)
+    if start is not None:
         config, features = start.config, start.featurizer.config
+    fresh = start.copy() if start is not None else None
     policy, report = train_policy(
-        logs,
-        enc,
-        catalog,
-        config,
-        features,
-        passes=passes,
-        warm_start=start.copy() if start else None,
-        progress=progress,
+        logs, embedder, catalog, config, features, passes=passes, warm_start=fresh, progress=progress
     )
     calibration, calibrator = None, None
     if target is not None:
-        graded = graded_only(logs).graded
-        events = LoggedEvents.from_logs(logs, catalog)
-        embeddings = enc.encode(events.prompts)
-
-        def fit(rows: npt.NDArray[np.int64]) -> Policy:
-            fold = start.copy() if start is not None else None
-            return fit_graded(
-                graded[rows], embeddings[rows], catalog, config, features, passes=passes, warm_start=fold
-            )[0]
-
-        calibrator = Calibrator(events, embeddings, fit, folds=folds)
+        calibrator = _calibrator(logs, embedder, catalog, config, features, passes, start, folds)
         calibration = calibrator.report(target, confidence=confidence)
         policy = policy.at(calibration.point)
-    artifact = PolicyArtifact(policy, embedder=enc.name, embedder_path=embedder.model_path, parent_version=parent)
-    params: dict[str, Any] = {
-        "lam": policy.config.lam,
-        "operating_point": policy.operating.label,
-        "target": calibration.target if calibration else "",
-        "exploration": config.exploration,
-        "epsilon": config.epsilon,
-        "gamma_scale": config.gamma_scale,
-        "learning_rate": config.learning_rate,
-        "max_weight": config.max_weight,
-        "power_t": config.power_t,
-        "bits": config.bits,
-        "seed": config.seed,
-        "passes": passes,
-        "clusters": ",".join(map(str, features.clusters)),
-        "embedding_features": features.embedding,
-        "interactions": ",".join(features.interactions),
-        "embedder": enc.name,
-        "catalog": ",".join(catalog.names),
-        "catalog_size": len(catalog),
-        "data_sha256": file_fingerprint(logs_path),
-        "data_path": str(logs_path),
-        "parent_version": parent or "",
-        **(extra_params or {}),
-    }
-    metrics = {
+    params = mlflow_schema.training_params(
+        target=calibration.target if calibration else "",
+        passes=passes,
+        data_sha256=file_fingerprint(logs_path),
+        data_path=str(logs_path),
+    )
+    version = registry.log_version(
+        PolicyArtifact(policy, embedder=embedder.spec, parent_version=parent),
+        params=params | (extra_params or {}),
+        metrics=_train_metrics(report, calibration),
+        tags=mlflow_schema.batch_tags(
+            parent,
+            calibration.target if calibration else None,
+            calibration.met if calibration else None,
+            calibration.reference if calibration else None,
+        ),
+        run_name=f"train-{calibration.target if calibration else f'lam{config.lam}'}",
+    )
+    return TrainOutcome(policy, report, version, embedder.name, calibration, calibrator)
+
+
+def _warm_start(
+    ref: str | None, registry: PolicyRegistry, embedder: Embedder, catalog: Catalog
+) -> tuple[Policy | None, str | None]:
+    """The policy to continue (over ``catalog``) and its version label, or (None, None) to start fresh."""
+    if ref is None:
+        return None, None
+    previous = load_policy(ref, registry)
+    if previous.artifact.embedder != embedder.spec:
+        raise InvalidInput(
+            f"train: --warm-start policy uses embedder '{previous.artifact.embedder.name}', not '{embedder.name}'"
+        )
+    return previous.artifact.policy.with_catalog(catalog), previous.label
+
+
+def _calibrator(
+    logs: pl.DataFrame,
+    embedder: Embedder,
+    catalog: Catalog,
+    config: PolicyConfig,
+    features: FeatureConfig,
+    passes: int,
+    start: Policy | None,
+    folds: int,
+) -> Calibrator:
+    """What calibrates the version on its own logs: policies learned the same way on held-out folds."""
+    graded = graded_only(logs).graded
+    events = LoggedEvents.from_logs(logs, catalog)
+    embeddings = embedder.encode(events.prompts)
+
+    def fit(rows: npt.NDArray[np.int64]) -> Policy:
+        fold = start.copy() if start is not None else None
+        return fit_graded(graded[rows], embeddings[rows], catalog, config, features, passes=passes, warm_start=fold)[0]
+
+    return Calibrator(events, embeddings, fit, folds=folds)
+
+
+def _train_metrics(report: TrainReport, calibration: CalibrationReport | None) -> dict[str, float]:
+    """A batch version's metrics: the run's counts and speed, the progressive SNIPS figures, the calibration's."""
+    return {
         "n_events": float(report.n_events),
         "n_ungraded": float(report.n_ungraded),
         "embed_seconds": report.embed_seconds,
@@ -210,25 +221,3 @@ def run_train(
         "progressive_snips_reward": report.progressive_reward,
         **(calibration.metrics() if calibration else {}),
     }
-    tags = {"source": "batch", **({"parent_version": parent} if parent else {})}
-    if calibration is not None:
-        tags |= {
-            "target": calibration.target,
-            "target_met": str(calibration.met).lower(),
-            "reference": calibration.reference,
-        }
-    version = registry.log_version(
-        artifact,
-        params=params,
-        metrics=metrics,
-        tags=tags,
-        run_name=f"train-{calibration.target if calibration else f'lam{config.lam}'}",
-    )
-    return TrainOutcome(
-        policy=policy,
-        report=report,
-        version=version,
-        embedder=enc.name,
-        calibration=calibration,
-        calibrator=calibrator,
-    )
