@@ -18,7 +18,7 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel. A looser pin would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,scale]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
