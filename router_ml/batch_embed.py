@@ -7,7 +7,7 @@ With ``ray`` (``auto``: start a local Ray with this machine's cores; else the ad
 
 1. Ray Data reads the ``prompt`` column of the files (one or many);
 2. each block keeps the prompts whose cache key is not known yet (the keys already cached are broadcast once) and
-   drops repeats within the block;
+   drops repeats within the block; the rest is split into a few blocks per actor;
 3. an actor pool embeds them, each actor loading the embedder once (the ONNX MiniLM by default);
 4. the driver writes each batch of vectors to the cache in one SQLite transaction as it arrives: an interruption
    loses at most the batches in flight, and the cache never holds half an entry.
@@ -18,6 +18,7 @@ Ray retries a task whose worker dies, and restarts the actor. Ray is an optional
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -35,6 +36,11 @@ from router_ml.errors import InvalidInput, MissingInput
 
 BATCH = 64
 """Prompts per embedding call in an actor."""
+LIGHT_CPU = 0.1
+"""The CPU share Ray reserves for a task that reads or filters a block."""
+READ_RESERVE = 1.0 + 2 * LIGHT_CPU
+"""CPUs the actor pool leaves free: Ray Data lists the files with a one-CPU task, then reads and filters with light
+ones. With whole CPUs each, a pool as large as the cluster would hold every CPU and starve the reading, forever."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +131,16 @@ def _on_ray(
     started = not ray.is_initialized()
     if started:
         if address == "auto":
-            ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
     try:
-        pool = workers or max(1, int(ray.available_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+        cpus = float(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+        pool = workers or max(1, int(cpus))
+        share = min(1.0, max(LIGHT_CPU, (cpus - READ_RESERVE) / pool))  # a reservation: threads are set apart
         known = ray.put(cache.keys(name))
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the one bar is this module's
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
         def new_prompts(batch: dict[str, Any]) -> dict[str, Any]:
             cached = ray.get(known)
@@ -145,14 +155,18 @@ def _on_ray(
                     keep.append(prompt)
             return {"prompt": np.array(keep, dtype=object)}
 
-        data = ray.data.read_parquet([str(p.resolve()) for p in paths], columns=["prompt"])
-        vectors = data.map_batches(new_prompts, batch_format="numpy").map_batches(
+        data = ray.data.read_parquet(
+            [str(p.resolve()) for p in paths], columns=["prompt"], ray_remote_args={"num_cpus": LIGHT_CPU}
+        )
+        fresh = data.map_batches(new_prompts, batch_format="numpy", num_cpus=LIGHT_CPU)
+        # a file is one block, and one block goes to one actor: split the work so that every actor has some
+        vectors = fresh.repartition(pool * 4).map_batches(
             _Embed,
             fn_constructor_args=(spec, threads),
             batch_size=BATCH,
             batch_format="numpy",
             concurrency=pool,
-            num_cpus=1,
+            num_cpus=share,
             max_restarts=-1,
             max_task_retries=-1,
         )
