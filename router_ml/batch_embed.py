@@ -158,9 +158,9 @@ def _on_ray(
         data = ray.data.read_parquet(
             [str(p.resolve()) for p in paths], columns=["prompt"], ray_remote_args={"num_cpus": LIGHT_CPU}
         )
-        fresh = data.map_batches(new_prompts, batch_format="numpy", num_cpus=LIGHT_CPU)
+        unknown = data.map_batches(new_prompts, batch_format="numpy", num_cpus=LIGHT_CPU)
         # a file is one block, and one block goes to one actor: split the work so that every actor has some
-        vectors = fresh.repartition(pool * 4).map_batches(
+        vectors = unknown.repartition(pool * 4).map_batches(
             _Embed,
             fn_constructor_args=(spec, threads),
             batch_size=BATCH,

@@ -99,7 +99,7 @@ def test_a_worker_killed_mid_run_neither_loses_the_job_nor_leaves_half_an_entry(
 ) -> None:
     paths, prompts = prompt_files
     cache_path = tmp_path / "embeddings.sqlite"
-    stop, killed = threading.Event(), []
+    stop, killed = threading.Event(), list[int]()
     killer = threading.Thread(target=_kill_one_actor, args=(stop, killed), daemon=True)
     killer.start()
     try:
