@@ -7,7 +7,8 @@
       catalog.toml    the models, in the order the policy's actions use
       features.json   feature config and embedding width
       centroids.npz   k-means centroids of each granularity
-      policy.json     learner config, operating point, embedder spec (and name), update count, parent version
+      policy.json     learner config, operating point, embedder spec (and name), update count, parent version,
+                      and a day-one policy's prior (``day_one``, :mod:`router_ml.day_one`)
       costs.json      the cost model's observed completion lengths per model
 
 The folder is written atomically: a crash leaves either the old folder or the new one.
@@ -26,6 +27,7 @@ import numpy as np
 from router_ml.atomic import atomic_write_dir
 from router_ml.catalog import Catalog
 from router_ml.cost_model import CostModel
+from router_ml.day_one import DayOnePrior
 from router_ml.embed import EmbedderSpec
 from router_ml.errors import InvalidInput, MissingInput
 from router_ml.features import Featurizer
@@ -69,6 +71,8 @@ class PolicyArtifact:
                 "updates": self.policy.updates,
                 "parent_version": self.parent_version,
             }
+            if self.policy.prior is not None:
+                meta["day_one"] = self.policy.prior.to_dict()
             (tmp / "policy.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
         atomic_write_dir(path, write)
@@ -96,6 +100,7 @@ class PolicyArtifact:
             model_bytes=(root / "model.vw").read_bytes(),
             costs=CostModel.from_json(costs.read_text(encoding="utf-8"), catalog) if costs.exists() else None,
             operating=OperatingPoint.from_dict(meta["operating"]) if "operating" in meta else None,
+            prior=DayOnePrior.from_dict(meta["day_one"]) if "day_one" in meta else None,
         )
         policy.updates = int(meta.get("updates", 0))
         if "embedder_spec" in meta:

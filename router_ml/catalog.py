@@ -73,7 +73,7 @@ class Catalog:
         seen: set[str] = set()
         for m in self.models:
             if m.name in seen:
-                raise CatalogError(f"catalog: model '{m.name}' appears twice")
+                raise CatalogError(f"catalog: field 'name': model '{m.name}' appears twice")
             seen.add(m.name)
 
     @cached_property

@@ -10,7 +10,12 @@ Every version (a batch-trained one, an online snapshot) is one MLflow run regist
   ``parent_version``.
 * **Parameters of a batch-trained version** (:func:`training_params`): ``target``, ``passes``, ``data_sha256``,
   ``data_path``.
-* **Tags**, on the run and on the model version: ``source`` (``batch`` or ``online``), ``parent_version``; a
+* **Parameters of a day-one version** (:func:`init_params`, ``router-ml init``): ``day_one_default``,
+  ``explore_share``, ``explore_budget_usd_per_1k``, ``quality_target``, ``confidence``, ``min_graded``,
+  ``cluster_source`` (``random`` or the prompts file the clusters were fitted on).
+* **Tags**, on the run and on the model version: ``source`` (``batch``, ``online``, or ``init`` for a version
+  registered with no training data by ``router-ml init``; its ``day_one_default`` tag names the default model),
+  ``parent_version``; a
   calibrated version's ``target``, ``target_met``, ``reference``; an online snapshot's ``base_version`` (the
   version the service started from), ``log_id`` (its decision log) and ``feedback_seq`` (the log's feedback
   sequence number up to which the snapshot holds every grade). ``router-ml evaluate`` tags the run with
@@ -24,12 +29,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from router_ml.day_one import DayOnePrior
 from router_ml.embed import EmbedderSpec
 from router_ml.policy import Policy
 
 TAG_SOURCE = "source"
 SOURCE_BATCH = "batch"
 SOURCE_ONLINE = "online"
+SOURCE_INIT = "init"
+TAG_DAY_ONE_DEFAULT = "day_one_default"
 TAG_PARENT = "parent_version"
 TAG_BASE = "base_version"
 TAG_LOG = "log_id"
@@ -105,3 +113,24 @@ def online_tags(parent_version: str, base_version: str, log_id: str, feedback_se
         TAG_LOG: log_id,
         TAG_SEQ: str(feedback_seq),
     }
+
+
+def init_params(prior: DayOnePrior, cluster_source: str) -> dict[str, str]:
+    """The parameters of a day-one version: its prior and caps, and where its clusters came from."""
+    return as_params(
+        {
+            TAG_DAY_ONE_DEFAULT: prior.default,
+            "explore_share": prior.explore_share,
+            "explore_budget_usd_per_1k": prior.explore_budget_usd_per_1k if prior.explore_budget_usd_per_1k is not None
+            else "",
+            "quality_target": prior.quality_target if prior.quality_target is not None else "",
+            "confidence": prior.confidence,
+            "min_graded": prior.min_graded,
+            "cluster_source": cluster_source,
+        }
+    )
+
+
+def init_tags(prior: DayOnePrior) -> dict[str, str]:
+    """The tags of a day-one version: no training data (``source`` ``init``), and its default model."""
+    return {TAG_SOURCE: SOURCE_INIT, TAG_DAY_ONE_DEFAULT: prior.default}

@@ -34,6 +34,7 @@ from router_ml.bounded import ByteLRU
 from router_ml.budget import retarget, score_gaps
 from router_ml.catalog import Catalog
 from router_ml.cost_model import CostModel
+from router_ml.day_one import DayOnePrior
 from router_ml.errors import InvalidInput
 from router_ml.features import Context, FeatureGroup, Featurizer, action_features
 from router_ml.operating import Arm, OperatingPoint
@@ -177,8 +178,12 @@ class Policy:
         model_bytes: bytes | None = None,
         costs: CostModel | None = None,
         operating: OperatingPoint | None = None,
+        prior: DayOnePrior | None = None,
     ) -> None:
         self.catalog = catalog
+        self.prior = prior
+        """A day-one prior (:mod:`router_ml.day_one`): what is served until the evidence moves traffic away from its
+        default, and the caps on exploration. None for a policy trained on logs."""
         self.featurizer = featurizer
         self.config = config
         self.costs = costs if costs is not None else CostModel.for_catalog(catalog)
@@ -289,12 +294,19 @@ class Policy:
         actions = self._candidate_indices(candidates)
         learned = self._learned(context, actions)
         if lam is not None:
-            return self._priced(learned, lam, prompt_tokens)
+            return self._guarded(self._priced(learned, lam, prompt_tokens), actions, prompt_tokens)
         point = point or self.operating
         if len(point.arms) == 1:
-            return self._arm(point.arms[0], learned, actions, prompt_tokens)
+            return self._guarded(self._arm(point.arms[0], learned, actions, prompt_tokens), actions, prompt_tokens)
         parts = [w * self._arm(a, learned, actions, prompt_tokens) for a, w in zip(point.arms, point.weights)]
-        return np.asarray(parts[0] + parts[1], dtype=np.float64)
+        return self._guarded(np.asarray(parts[0] + parts[1], dtype=np.float64), actions, prompt_tokens)
+
+    def _guarded(self, probs: Probs, actions: list[int], prompt_tokens: float) -> Probs:
+        """The distribution served: the day-one prior's mixture of ``probs`` when the policy has one."""
+        if self.prior is None:
+            return probs
+        offered = self.catalog.index(self.prior.default) in actions
+        return self.prior.serve(probs, self.catalog.names, self.costs.per_1k(prompt_tokens), default_offered=offered)
 
     def predict_many(
         self,
@@ -417,11 +429,15 @@ class Policy:
         same results), without building a :class:`Decision`. Returns the chosen catalog index and its probability.
         """
         actions = self._candidate_indices(candidates)
-        probs = self._priced(self._learned(context, actions), lam, prompt_tokens)
+        probs = self._guarded(self._priced(self._learned(context, actions), lam, prompt_tokens), actions, prompt_tokens)
         choice = draw(probs, rng.random())
         q, c, p = float(quality[choice]), float(cost[choice]), float(probs[choice])
         if not 0.0 <= q <= 1.0 or not (np.isfinite(c) and c >= 0):
             raise InvalidInput(f"policy: model {choice}'s outcome needs quality in [0, 1] and cost >= 0, got {q}, {c}")
+        if self.prior is not None:  # the prior's rule needs the router's greedy choice before the update
+            checked = (actions, actions.index(choice), self.config.vw_cost(q, c), self._weighted(p))
+            self._learn_checked(context, checked, prompt_tokens, c, (q, c, p))
+            return choice, p
         self._run(context, actions, (actions.index(choice), self.config.vw_cost(q, c), self._weighted(p)))
         self.costs.observe_cost(choice, prompt_tokens, c)
         self.updates += 1
@@ -443,7 +459,8 @@ class Policy:
         policy's ``lam`` gave ``model`` before the update (progressive validation). The cost model learns the
         call's cost too unless ``observe_cost`` is False (the service meters usage and counts it itself)."""
         checked = self._checked(model, quality, cost_usd, propensity, candidates)
-        return self._learn_checked(context, checked, prompt_tokens, float(cost_usd) if observe_cost else None)
+        outcome = (float(quality), float(cost_usd), float(propensity))
+        return self._learn_checked(context, checked, prompt_tokens, float(cost_usd) if observe_cost else None, outcome)
 
     def learn_one(
         self,
@@ -497,7 +514,8 @@ class Policy:
         before = np.zeros(n, dtype=np.float64)
         for i, (shared, checked) in enumerate(zip(self.featurizer.shared(embeddings), rows)):
             observed = float(costs[i]) if observe_costs else None
-            before[i] = self._learn_checked(shared, checked, float(prompt_tokens[i]), observed)
+            outcome = (float(qualities[i]), float(costs[i]), float(propensities[i]))
+            before[i] = self._learn_checked(shared, checked, float(prompt_tokens[i]), observed, outcome)
         return before
 
     def _weighted(self, propensity: float) -> float:
@@ -506,14 +524,34 @@ class Policy:
         return max(propensity, floor)
 
     def _learn_checked(
-        self, context: Context, checked: tuple[list[int], int, float, float], tokens: float, cost: float | None
+        self,
+        context: Context,
+        checked: tuple[list[int], int, float, float],
+        tokens: float,
+        cost: float | None,
+        outcome: tuple[float, float, float] | None = None,
     ) -> float:
-        """One VW update from a validated event; the probability the logged model had before it."""
+        """One VW update from a validated event; the probability the logged model had before it. ``outcome``
+        (quality, cost, logged propensity) feeds the day-one prior's rule."""
         actions, pos, vw_cost, propensity = checked
         learned = np.zeros(len(self.catalog), dtype=np.float64)
         for a, prob in self._run(context, actions, (pos, vw_cost, propensity)):
             learned[actions[a]] = prob
-        before = self._priced(learned, self.config.lam, tokens)[actions[pos]]
+        priced = self._priced(learned, self.config.lam, tokens)
+        before = priced[actions[pos]]
+        if self.prior is not None and outcome is not None:
+            q, c, p = outcome
+            self.prior.observe(
+                self.catalog.names,
+                actions[pos],
+                int(np.argmax(priced)),
+                p,
+                q,
+                c,
+                self.costs.per_1k(tokens),
+                self.config.lam,
+                default_offered=self.catalog.index(self.prior.default) in actions,
+            )
         if cost is not None:
             self.costs.observe_cost(actions[pos], tokens, cost)
         self.updates += 1
@@ -556,6 +594,7 @@ class Policy:
             model_bytes=self.model_bytes(),
             costs=self.costs.with_catalog(catalog),
             operating=self.operating,
+            prior=self.prior.for_catalog(catalog) if self.prior is not None else None,
         )
         grown.updates = self.updates
         return grown

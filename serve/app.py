@@ -379,9 +379,11 @@ def build_service(
 
 
 def reference_model(config: ServeConfig, router: Router) -> str:
-    """The model the live savings estimate compares with: ``savings.reference``, else the catalog's dearest."""
+    """The model the live savings estimate compares with: ``savings.reference``, else a day-one policy's default
+    model, else the catalog's dearest."""
     catalog = router.policy.catalog
-    reference = config.savings.reference or max(catalog.models, key=lambda m: m.blended_usd_per_mtok).name
+    prior = router.policy.prior.default if router.policy.prior is not None else None
+    reference = config.savings.reference or prior or max(catalog.models, key=lambda m: m.blended_usd_per_mtok).name
     if reference not in catalog:
         raise ConfigError(f"config: 'savings.reference' {reference!r} is not in the policy's catalog")
     return reference
@@ -716,13 +718,13 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/savings", dependencies=[Depends(_admin_key)])
     async def savings() -> dict[str, Any]:
         """Admin key: the router against the reference model on the graded decisions so far (doubly robust, with
-        intervals; costs in USD per 1,000 requests), and the quality floor's factor."""
+        intervals; costs in USD per 1,000 requests), the quality floor's factor, and a day-one policy's state."""
         return service.learner.savings.report().to_dict() | {
             "quality_floor": service.config.target.quality_floor,
             "floor_factor": service.floor_factor(),
             "lambda": service.effective_lambda(None),
             "operating_point": service.router.policy.operating.label,
-        }
+        } | _day_one(service)
 
     @app.get("/metrics", dependencies=[Depends(_admin_key)])
     async def prometheus() -> Response:
@@ -741,6 +743,12 @@ def create_app(service: Service) -> FastAPI:
 _PATHS = frozenset(
     {"/healthz", "/readyz", "/v1/route", "/v1/feedback", "/v1/chat/completions", "/v1/spend", "/v1/savings", "/metrics"}
 )
+
+
+def _day_one(service: Service) -> dict[str, Any]:
+    """A day-one policy's prior, the state of its rule and its exploration spend (:mod:`router_ml.day_one`)."""
+    prior = service.router.policy.prior
+    return {"day_one": prior.report()} if prior is not None else {}
 
 
 def _header_lambda(value: str) -> float | None:

@@ -1,4 +1,4 @@
-"""The training side's subcommands of ``router-ml``: simulate, split, embed, train, demo, benchmark, evaluate,
+"""The training side's subcommands of ``router-ml``: simulate, split, embed, init, train, demo, benchmark, evaluate,
 promote.
 
 Each parses its flags (the shared ones come from :mod:`router_ml.cli`), calls one job of this package and prints
@@ -136,6 +136,84 @@ def _embed_flags(p: argparse.ArgumentParser) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     _fill_cache(args, args.logs)
+
+
+def _init_flags(p: argparse.ArgumentParser) -> None:
+    from router_ml.day_one import DEFAULT_CONFIDENCE as RULE_CONFIDENCE
+    from router_ml.day_one import DEFAULT_EXPLORE_SHARE, DEFAULT_MIN_GRADED
+
+    p.add_argument("--catalog", type=Path, required=True, help="your models and their prices (TOML, >= 2 models)")
+    p.add_argument(
+        "--default", default=None, help="the model served first, the rest explored (default: the catalog's dearest)"
+    )
+    p.add_argument(
+        "--explore-share",
+        type=float,
+        default=DEFAULT_EXPLORE_SHARE,
+        help=f"the most of each request's probability exploration may take (default {DEFAULT_EXPLORE_SHARE:g})",
+    )
+    p.add_argument(
+        "--explore-budget-usd-per-1k",
+        type=float,
+        default=None,
+        help="the most exploration may cost, in USD per 1,000 requests (expected, per request; default: no cap)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        help="parity or quality:FRACTION: the router must also show that much of the default's quality before it "
+        "takes traffic from it (with --confidence)",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=RULE_CONFIDENCE,
+        help=f"one-sided confidence of the rule that moves traffic from the default (default {RULE_CONFIDENCE:g})",
+    )
+    p.add_argument(
+        "--min-graded",
+        type=int,
+        default=DEFAULT_MIN_GRADED,
+        help=f"graded decisions before the rule may act (default {DEFAULT_MIN_GRADED})",
+    )
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="optional sample prompts (Parquet 'prompt' column, or a text file, one a line; no grades) to fit the "
+        "topic clusters on; default: seeded random centroids",
+    )
+    p.add_argument("--promote", action="store_true", help="also point the champion alias at the new version")
+    policy_flags(p)
+
+
+def _init(args: argparse.Namespace) -> None:
+    from training.day_one import prepare, run_init
+
+    catalog, prior = prepare(
+        args.catalog,
+        default=args.default,
+        explore_share=args.explore_share,
+        explore_budget=args.explore_budget_usd_per_1k,
+        target=args.target,
+        confidence=args.confidence,
+        min_graded=args.min_graded,
+    )
+    config, features = configs(args)
+    registry = PolicyRegistry(args.tracking_uri)
+    outcome = run_init(
+        catalog,
+        prior,
+        config=config,
+        features=features,
+        embedder=_embedder(args),
+        registry=registry,
+        prompts=args.prompts,
+    )
+    print(outcome.summary())
+    if args.promote:
+        registry.promote(outcome.version.version)
+        print(f"version {outcome.version.version} is now champion")
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
@@ -361,6 +439,12 @@ COMMANDS = (
         "embed the prompts of Parquet files into the embedding cache (on a Ray cluster with --ray)",
         _embed_flags,
         _embed,
+    ),
+    Command(
+        "init",
+        "register a day-one policy for your own catalog, with no logs: the default first, the rest explored",
+        _init_flags,
+        _init,
     ),
     Command("train", "learn a policy from logged traffic and register it in MLflow", _train_flags, _train),
     Command(
