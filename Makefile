@@ -41,7 +41,7 @@ benchmark: setup
 NB_OUT := .router-ml/notebooks
 notebooks: setup
 	mkdir -p $(NB_OUT)
-	for nb in counterfactual_savings policy_versions; do \
+	for nb in counterfactual_savings policy_versions day_one; do \
 		$(BIN)/papermill notebooks/$$nb.ipynb $(NB_OUT)/$$nb.ipynb $(NB_ARGS) && \
 		$(BIN)/jupyter nbconvert --to html $(NB_OUT)/$$nb.ipynb || exit 1; \
 	done

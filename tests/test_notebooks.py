@@ -27,7 +27,7 @@ from training.evaluate import run_evaluate
 from training.pipelines import catalog_for_benchmark, run_train, write_parquet
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["counterfactual_savings.ipynb", "policy_versions.ipynb"]
+NAMES = ["counterfactual_savings.ipynb", "policy_versions.ipynb", "day_one.ipynb"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -139,3 +139,15 @@ def test_policy_versions_runs(notebook_benchmark: Path, home: Path, tmp_path: Pa
     assert _images(nb) >= 1
     shown = "".join(str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
     assert "online" in shown and "champion" in shown
+
+
+def test_day_one_runs(shared_benchmark: Path, home: Path, tmp_path: Path) -> None:
+    """A small stream (two seeds, 600 graded requests) on the shared benchmark's first 400 TRAIN prompts."""
+    nb = _execute(
+        "day_one.ipynb",
+        tmp_path / "out.ipynb",
+        {"BENCHMARK": str(shared_benchmark), "SEEDS": 2, "CHECKPOINTS": "100,300,600", "MAX_PROMPTS": 400},
+    )
+    assert _images(nb) >= 1
+    shown = "".join(str(o.get("data", {}).get("text/plain", "")) for c in nb.cells for o in c.get("outputs", []))
+    assert "shape: (4, 9)" in shown  # the summary: checkpoint 0 and the three asked for
