@@ -27,7 +27,8 @@
   default. Requests whose candidates leave the default out are anchored on the router's greedy choice.
 
 Exploration spend is counted on the graded decisions: the cost of every call that went to a model other than the
-anchor of the moment (see :meth:`DayOnePrior.report`).
+anchor of the moment, per 1,000 graded requests, with its standard error (see :meth:`DayOnePrior.report`). The cap
+bounds its expectation, so the realized figure may pass it by sampling noise alone.
 
 The prior travels with the policy (its artifact's ``policy.json``), so online snapshots and warm starts keep both
 the rule's state and what VW learned. Without sample prompts the features' cluster centroids are seeded random unit
@@ -110,6 +111,7 @@ class DayOnePrior:
     graded: int = 0
     explored: int = 0
     explore_spend_usd: float = 0.0
+    explore_spend_sq: float = 0.0
     q_sum: dict[str, float] = field(default_factory=dict)
     q_n: dict[str, int] = field(default_factory=dict)
     cost_seen: dict[str, float] = field(default_factory=dict)
@@ -192,6 +194,7 @@ class DayOnePrior:
         if model != anchor:
             self.explored += 1
             self.explore_spend_usd += cost_usd
+            self.explore_spend_sq += cost_usd * cost_usd
         if default_offered:
             d = names.index(self.default)
             c_hat = cost_per_1k * self.correction(names)
@@ -254,6 +257,7 @@ class DayOnePrior:
             "graded": self.graded,
             "explored": self.explored,
             "explore_spend_usd": self.explore_spend_usd,
+            "explore_spend_sq": self.explore_spend_sq,
             "q_sum": dict(self.q_sum),
             "q_n": dict(self.q_n),
             "cost_seen": dict(self.cost_seen),
@@ -274,6 +278,8 @@ class DayOnePrior:
         """What ``GET /v1/savings`` shows under ``day_one``: the prior, the rule's state and the exploration spend."""
         low, high = self.advantage.bounds(self.z)
         n = max(self.graded, 1)
+        mean = self.explore_spend_usd / n
+        se = math.sqrt(max(self.explore_spend_sq / n - mean * mean, 0.0) / n)
         return {
             "default": self.default,
             "trusted": self.trusted,
@@ -292,5 +298,6 @@ class DayOnePrior:
             "explored": self.explored,
             "explored_share": self.explored / n,
             "explore_spend_usd": self.explore_spend_usd,
-            "explore_spend_per_1k": self.explore_spend_usd / n * 1000.0,
+            "explore_spend_per_1k": mean * 1000.0,
+            "explore_spend_per_1k_se": se * 1000.0,
         }

@@ -124,7 +124,8 @@ def test_the_spend_cap_lowers_the_exploration_share() -> None:
         DayOnePrior(DEFAULT, explore_share=SHARE, explore_budget_usd_per_1k=BUDGET, min_graded=10**6), None, 1500, 2
     )
     assert capped.explored < free.explored / 2
-    assert capped.report()["explore_spend_per_1k"] <= BUDGET * 1.2
+    report = capped.report()
+    assert report["explore_spend_per_1k"] <= BUDGET + 3 * report["explore_spend_per_1k_se"]
     assert free.report()["explore_spend_per_1k"] > BUDGET * 2
 
 
@@ -235,7 +236,8 @@ def test_a_day_one_stream_over_http_learns_within_its_caps(day_one: DayOne) -> N
     assert isinstance(state, dict)
     assert state["default"] == DEFAULT and state["graded"] == STREAM
     assert state["explored_share"] <= SHARE
-    assert state["explore_spend_per_1k"] <= BUDGET * 1.25, state
+    # the cap bounds the expected spend: the realized spend stays within sampling noise of it
+    assert state["explore_spend_per_1k"] <= BUDGET + 3 * state["explore_spend_per_1k_se"], state
     assert state["trusted"] and state["advantage"]["low"] > 0, state
 
     versions = sorted(day_one.registry.versions(), key=lambda v: int(v.version))
