@@ -8,6 +8,8 @@ learner killed with kill -9 mid-load loses nothing acknowledged."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import polars as pl
 import pytest
 
 from router_ml.artifacts import PolicyArtifact
@@ -185,6 +188,13 @@ def test_replicas_and_one_learner_lose_nothing_and_learn_every_grade_once(
         logged, logged_grades = in_log(cluster)
         assert routed <= logged and graded <= logged_grades
         settled(cluster, replicas, policy_artifact, embedder)
+        # the shared log exports as logged traffic, as the SQLite one does
+        out = cluster.home / "export.parquet"
+        cli = [sys.executable, "-m", "router_ml.cli", "export-logs", "--log", cluster.log_url, "-o", str(out)]
+        done = subprocess.run(cli, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        exported = pl.read_parquet(out)
+        assert routed <= set(exported["event_id"]) and graded <= set(exported.drop_nulls("quality")["event_id"])
         # a second learner, or an all-in-one service, on the same log refuses to start
         code, err = cluster.learner("second").fails_to_start()
         assert code == 2 and "another learner" in err
