@@ -131,29 +131,40 @@ def fill_log(url: str, prompts: list[str], grades: int) -> int:
         log.close()
 
 
-def learner_seconds(pg: PostgresServer, root: Path, uri: str, prompts: list[str], grades: int, name: str) -> float:
-    """Seconds from starting ``router-ml learn --follow`` on a log of ``grades`` graded decisions to its having
-    learned them all (it replays the backlog before it logs that it serves)."""
-    home = root / name
-    home.mkdir()
-    url = pg.create_database(name)
-    fill_log(url, prompts, grades)
-    config = write_config(
-        home / "serve.toml", home=home, upstream="http://127.0.0.1:9", models={}, extra=LEARNING, log=url,
-        policy=f'tracking_uri = "{uri}"',
-    )  # fmt: skip
+def _run_learner(config: Path, home: Path, uri: str) -> tuple[float, str]:
+    """Start ``router-ml learn --follow``, wait until it has replayed the log and serves, stop it: the seconds that
+    took and what it logged."""
+    err = home / "serve.err"
+    err.unlink(missing_ok=True)
     learner = ServerProcess(config, home, uri, command="learn", args=["--follow"])
     t0 = time.perf_counter()
     learner.start()
     try:
-        err = home / "serve.err"
         while "replayed" not in (err.read_text() if err.exists() else ""):
             if learner.proc is not None and learner.proc.poll() is not None:
                 raise SystemExit(f"the learner exited: {err.read_text()[-2000:]}")
             time.sleep(0.05)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, err.read_text()
     finally:
         learner.stop()
+
+
+def learner_seconds(pg: PostgresServer, root: Path, uri: str, prompts: list[str], grades: int, name: str) -> float:
+    """Seconds a restarted ``router-ml learn --follow`` takes to learn ``grades`` graded decisions that reached the
+    log after its first start (which marks the base version in the log), start-up included."""
+    home = root / name
+    home.mkdir()
+    url = pg.create_database(name)
+    config = write_config(
+        home / "serve.toml", home=home, upstream="http://127.0.0.1:9", models={}, extra=LEARNING, log=url,
+        policy=f'tracking_uri = "{uri}"',
+    )  # fmt: skip
+    _run_learner(config, home, uri)  # the first start marks the base version: later grades are its to learn
+    fill_log(url, prompts, grades)
+    seconds, logged = _run_learner(config, home, uri)
+    if f"replayed {grades} grades" not in logged:
+        raise SystemExit(f"the learner did not replay the {grades} grades: {logged[-1000:]}")
+    return seconds
 
 
 def learner_rate(pg: PostgresServer, root: Path, uri: str, prompts: list[str], grades: int) -> None:
