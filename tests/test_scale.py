@@ -260,7 +260,7 @@ def test_a_database_outage_is_503_and_the_replica_recovers_by_itself(cluster: Cl
             pg.stop("immediate")
             r = httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth, timeout=30)
             assert r.status_code == 503 and PASSWORD not in r.text
-            assert httpx.get(f"{replica.url}/readyz").status_code == 503
+            assert httpx.get(f"{replica.url}/readyz", timeout=30).status_code == 503  # the pool waits its timeout
             pg.restart()
             deadline = time.monotonic() + 60
             while (
@@ -269,7 +269,7 @@ def test_a_database_outage_is_503_and_the_replica_recovers_by_itself(cluster: Cl
             ):
                 assert time.monotonic() < deadline, "the replica did not recover"
                 time.sleep(1.0)
-            assert httpx.get(f"{replica.url}/readyz").status_code == 200
+            assert httpx.get(f"{replica.url}/readyz", timeout=30).status_code == 200
             log = DecisionLog(url)
             assert log.counts()["decisions"] >= 2, "every 200 had its decision logged"
             log.close()
