@@ -26,7 +26,7 @@ def router(embedder: CachedEmbedder) -> Router:
     rng = np.random.default_rng(0)
     for i in range(600):
         d = policy.decide(emb[i % 40], rng, prompt_tokens=12)
-        policy.learn_one(
+        policy.learn(
             emb[i % 40], d.model, float(d.model == "gpt-4o"), 1e-5, d.probability, prompt_tokens=12, observe_cost=False
         )
     return Router(policy, embedder)
@@ -35,7 +35,8 @@ def router(embedder: CachedEmbedder) -> Router:
 def test_inverting_squarecb_gives_back_the_same_distribution(router: Router) -> None:
     ctx = router.policy.featurizer.shared(router.embed("question 3: what is 3 + 3?").reshape(1, -1))[0]
     for candidates in (None, ["gpt-4o", "gemini-1.5-flash"]):
-        probs = router.policy.distribution(ctx, candidates, lam=0.0)
+        decision = router.policy.decide(ctx, np.random.default_rng(0), candidates, prompt_tokens=12, lam=0.0)
+        probs = np.array(list(decision.distribution.values()))
         rebuilt = squarecb(score_gaps(probs, router.policy.gamma), router.policy.gamma)
         assert np.allclose(rebuilt, probs, atol=1e-6)
         assert np.array_equal(retarget(probs, router.policy.gamma, np.zeros(len(probs))), probs)

@@ -189,7 +189,7 @@ def _fit_policy(st: _Shared, mode: str, seed: int, rows: Ints) -> Policy:
         logs["propensity"].to_numpy(),
         logs["candidates"].to_list(),
     ):
-        policy.learn_context(
+        policy.learn(
             contexts[r], model, q, c, p, None if len(cands) == full else cands, prompt_tokens=tokens[r]
         )
     return policy
