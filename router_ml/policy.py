@@ -75,9 +75,8 @@ class PolicyConfig:
     once SquareCB is nearly greedy, an explored model picked with ``p = 0.001`` gets a 1000x update
     that swings its estimate. The default cap of 1 makes every update plain regression, the oracle
     SquareCB's analysis assumes; ``None`` restores full importance weighting (e.g. to correct for a
-    skewed logging policy under a misspecified model). Chosen on a validation split inside TRAIN of
-    the shared benchmark: over three runs the capped policy reached gpt-4o's quality at 13-21% of
-    its cost, against 15-26% (or never) uncapped, and 97.5% of it at 7-8% (uncapped 7-20%).
+    skewed logging policy under a misspecified model). Chosen on a validation split inside TRAIN
+    (``docs/decisions/0003-importance-weight-cap.md``).
     """
 
     lam: float = 0.05
