@@ -68,7 +68,7 @@ def main() -> None:
                 logs, enc, catalog, PolicyConfig(lam=args.lam, seed=seed), FeatureConfig(seed=seed), progress=False
             )
             tokens = [estimate_tokens(p) for p in test.prompts]
-            choice = policy.greedy_many(embedded[name][1], prompt_tokens=tokens).argmax(axis=1)
+            choice = policy.predict_many(embedded[name][1], prompt_tokens=tokens, greedy=True).argmax(axis=1)
             choices[name] = choice
             r = replay_choices(test, choice, name)
             agree = float((choice == choices["torch"]).mean())

@@ -73,7 +73,7 @@ def main() -> None:
         assert cal is not None
         ref = catalog.names.index(cal.reference)
         ref_q, ref_c = float(np.nanmean(test.quality[:, ref])), float(np.nanmean(test.cost[:, ref]))
-        greedy = outcome.policy.greedy_many(test_emb, prompt_tokens=tokens)
+        greedy = outcome.policy.predict_many(test_emb, prompt_tokens=tokens, greedy=True)
         r = replay_distribution(test, greedy, "calibrated")
         diff = r.quality - ref_q
         covered = cal.quality_diff.low <= diff <= cal.quality_diff.high

@@ -47,7 +47,7 @@ def main() -> None:
         contexts = featurizer.shared(x[:1000])
         for ctx in contexts:
             t0 = time.perf_counter()
-            policy.sample(policy.distribution(ctx, prompt_tokens=100.0), rng)
+            policy.decide(ctx, rng, prompt_tokens=100.0)
             decide_ms.append((time.perf_counter() - t0) * 1000)
     print(f"learn (logged events): median {np.median(learn_rates):,.0f} events/s")
     print(f"predict (full distribution): median {np.median(predict_rates):,.0f} prompts/s")

@@ -56,7 +56,7 @@ class PolicyArtifact:
         """Write the folder atomically and return its path."""
 
         def write(tmp: Path) -> None:
-            (tmp / "model.vw").write_bytes(self.policy.model_bytes())
+            (tmp / "model.vw").write_bytes(self.policy.to_bytes())
             (tmp / "catalog.toml").write_text(self.policy.catalog.to_toml(), encoding="utf-8")
             (tmp / "features.json").write_text(self.policy.featurizer.to_json(), encoding="utf-8")
             buf = io.BytesIO()

@@ -131,9 +131,15 @@ def _on_ray(
     started = not ray.is_initialized()
     if started:
         if address == "auto":
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+            ray.init(  # a new local instance, never one that another process started on this machine
+                address="local",
+                num_cpus=os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
         else:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     try:
         cpus = float(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         pool = workers or max(1, int(cpus))
@@ -156,7 +162,7 @@ def _on_ray(
             return {"prompt": np.array(keep, dtype=object)}
 
         data = ray.data.read_parquet(
-            [str(p.resolve()) for p in paths], columns=["prompt"], ray_remote_args={"num_cpus": LIGHT_CPU}
+            [str(p.resolve()) for p in paths], columns=["prompt"], num_cpus=LIGHT_CPU
         )
         unknown = data.map_batches(new_prompts, batch_format="numpy", num_cpus=LIGHT_CPU)
         # a file is one block, and one block goes to one actor: split the work so that every actor has some
@@ -165,7 +171,7 @@ def _on_ray(
             fn_constructor_args=(spec, threads),
             batch_size=BATCH,
             batch_format="numpy",
-            concurrency=pool,
+            compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=share,
             max_restarts=-1,
             max_task_retries=-1,

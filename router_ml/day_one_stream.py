@@ -104,11 +104,10 @@ def run_stream(
         r = int(r)
         offered = train.offered[r]
         cands = None if offered.all() else [m for m, ok in zip(names, offered) if ok]
-        probs = policy.distribution(contexts[r], cands, prompt_tokens=tokens[r])
-        decision = policy.sample(probs, rng)
+        decision = policy.decide(contexts[r], rng, cands, prompt_tokens=tokens[r])
         j = policy.catalog.index(decision.model)
         cost = float(train.cost[r, j])
-        policy.learn_context(
+        policy.learn(
             contexts[r],
             decision.model,
             float(train.quality[r, j]),

@@ -28,18 +28,8 @@ context-free logging it only rebalances actions.
 epoch's weights are kept. Torch runs on ``threads`` (default ``$ROUTER_ML_TORCH_THREADS`` or 1)
 inside ``fit`` and ``predict`` only; the process-wide count is restored afterwards.
 
-**Measured** (2-core EPYC VM, 1 thread; 30,000 uniformly logged events on 80% of the shared
-MMLU-Pro benchmark, quality predicted for all 1,701 x 31 held-out pairs; MSE of a per-model mean
-is 0.228, outcome variance 0.248):
-
-* VW as a plain squared-loss regressor on the policy's namespaces (``-q cm -q em -q cp``, clusters
-  8 and 32): best MSE 0.211-0.213 over nine settings (learning rate 0.02-0.5, 1-5 passes); the
-  policy's default learning rate 0.5 overfits (0.253). 5 s to build examples and learn, and about
-  20 s to predict 30,000 x 31 pairs (one VW example per pair).
-* This torch MLP (32 hidden units, sigmoid output): MSE 0.2085 at its best epoch, 2 s to fit,
-  well under a second to predict 30,000 x 31 (one matrix product).
-
-So the MLP is both the more accurate and the roughly ten times faster of the two.
+**Why an MLP and not VW**: more accurate and about ten times faster on the shared benchmark
+(``docs/decisions/0005-reward-model.md``).
 """
 
 from __future__ import annotations

@@ -65,9 +65,19 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
 
 from router_ml import settings
 from router_ml.errors import InvalidInput
@@ -83,97 +93,111 @@ DEFAULT_TENANT = "default"
 _TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+def _rule(holds: Callable[[float], bool], must: str) -> WrapValidator:
+    """A range check on a number of the right type: ``ValueError("must <must>, got <value as written>")``."""
+
+    def check(value: Any, typed: ValidatorFunctionWrapHandler) -> Any:
+        number = typed(value)
+        if not holds(number):
+            raise ValueError(f"must {must}, got {value}")
+        return number
+
+    return WrapValidator(check)
+
+
+_POSITIVE = _rule(lambda v: math.isfinite(v) and v > 0, "be > 0")
+PositiveInt = Annotated[int, _POSITIVE]
+PositiveFloat = Annotated[float, _POSITIVE]
+
+
+class _Section(BaseModel):
+    """A table of the file: no unknown keys, and no coercion (``port = "80"`` is refused, not read as 80)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ServerConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: PositiveInt = 8000
     api_keys_env: str = "ROUTER_ML_API_KEYS"
     admin_keys_env: str = "ROUTER_ML_ADMIN_KEYS"
-    max_body_bytes: int = 1 << 20
-    body_timeout_seconds: float = 10.0
+    max_body_bytes: PositiveInt = 1 << 20
+    body_timeout_seconds: PositiveFloat = 10.0
     openapi: bool = False
 
 
-@dataclass(frozen=True)
-class TenantConfig:
+class TenantConfig(_Section):
     api_keys_env: str = ""
 
 
-@dataclass(frozen=True)
-class PolicySource:
+class PolicySource(_Section):
     ref: str = "champion"
     tracking_uri: str = ""
 
 
-@dataclass(frozen=True)
-class LogConfig:
+class LogConfig(_Section):
     path: str = ""
     url: str = ""
     durability: Durability = "full"
-    busy_timeout_seconds: float = 5.0
+    busy_timeout_seconds: PositiveFloat = 5.0
 
     def location(self) -> str:
         """``url`` (a shared PostgreSQL log), else ``path``, else ``$ROUTER_ML_HOME/serve/decisions.sqlite``."""
         return self.url or str(Path(self.path) if self.path else settings.decision_log_path())
 
 
-@dataclass(frozen=True)
-class LearningConfig:
-    snapshot_every_updates: int = 1000
-    snapshot_every_seconds: float = 600.0
-    reload_poll_seconds: float = 30.0
+class LearningConfig(_Section):
+    snapshot_every_updates: PositiveInt = 1000
+    snapshot_every_seconds: PositiveFloat = 600.0
+    reload_poll_seconds: PositiveFloat = 30.0
     seed: int = 0
-    max_completion_tokens: int = 16384
+    max_completion_tokens: PositiveInt = 16384
 
 
-@dataclass(frozen=True)
-class BudgetConfig:
-    target_usd_per_1k: float | None = None
-    step: float = 0.01
+class BudgetConfig(_Section):
+    target_usd_per_1k: PositiveFloat | None = None
+    step: PositiveFloat = 0.01
 
 
-@dataclass(frozen=True)
-class SavingsConfig:
+class SavingsConfig(_Section):
     reference: str | None = None
-    level: float = 0.95
+    level: Annotated[float, _rule(lambda v: 0.5 <= v < 1, "lie in [0.5, 1)")] = 0.95
 
 
-@dataclass(frozen=True)
-class TargetConfig:
-    quality_floor: float | None = None
+class TargetConfig(_Section):
+    """The quality floor; its other fields are checked only when ``quality_floor`` is set (see :class:`ServeConfig`)."""
+
+    quality_floor: Annotated[float, _rule(lambda v: math.isfinite(v) and 0 <= v <= 1, "lie in [0, 1]")] | None = None
     floor_step: float = 0.2
     floor_min_graded: int = 200
     floor_every: int = 50
 
 
-@dataclass(frozen=True)
-class UpstreamModel:
+class UpstreamModel(_Section):
     endpoint: str | None = None
     api_key_env: str | None = None
     upstream_model: str | None = None
 
 
-@dataclass(frozen=True)
-class UpstreamConfig:
+class UpstreamConfig(_Section):
     endpoint: str | None = None
     api_key_env: str | None = None
-    connect_timeout_seconds: float = 5.0
-    first_byte_timeout_seconds: float = 30.0
-    max_attempts: int = 3
-    models: dict[str, UpstreamModel] = field(default_factory=dict)
+    connect_timeout_seconds: PositiveFloat = 5.0
+    first_byte_timeout_seconds: PositiveFloat = 30.0
+    max_attempts: PositiveInt = 3
+    models: dict[str, UpstreamModel] = Field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    policy: PolicySource = field(default_factory=PolicySource)
-    log: LogConfig = field(default_factory=LogConfig)
-    learning: LearningConfig = field(default_factory=LearningConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    savings: SavingsConfig = field(default_factory=SavingsConfig)
-    target: TargetConfig = field(default_factory=TargetConfig)
-    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
-    tenants: dict[str, TenantConfig] = field(default_factory=dict)
+class ServeConfig(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    policy: PolicySource = Field(default_factory=PolicySource)
+    log: LogConfig = Field(default_factory=LogConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    savings: SavingsConfig = Field(default_factory=SavingsConfig)
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path | None) -> ServeConfig:
@@ -191,67 +215,16 @@ class ServeConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ServeConfig:
-        """Build and check a config from parsed TOML."""
-        sections = {f.name: f.type for f in fields(cls)}
-        unknown = set(doc) - set(sections)
-        if unknown:
-            raise ConfigError(f"config: unknown section(s) {sorted(unknown)}")
-        upstream = dict(doc.get("upstream", {}))
-        models = {
-            name: _section(UpstreamModel, spec, f"upstream.models.{name}")
-            for name, spec in dict(upstream.pop("models", {})).items()
-        }
-        tenants = doc.get("tenants", {})
-        if not isinstance(tenants, dict):
-            raise ConfigError("config: 'tenants' must be a table")
-        config = cls(
-            tenants={name: _section(TenantConfig, spec, f"tenants.{name}") for name, spec in tenants.items()},
-            server=_section(ServerConfig, doc.get("server", {}), "server"),
-            policy=_section(PolicySource, doc.get("policy", {}), "policy"),
-            log=_section(LogConfig, doc.get("log", {}), "log"),
-            learning=_section(LearningConfig, doc.get("learning", {}), "learning"),
-            budget=_section(BudgetConfig, doc.get("budget", {}), "budget"),
-            savings=_section(SavingsConfig, doc.get("savings", {}), "savings"),
-            target=_section(TargetConfig, doc.get("target", {}), "target"),
-            upstream=_section(UpstreamConfig, {**upstream, "models": models}, "upstream"),
-        )
-        config.check()
-        return config
+        """Build and check a config from parsed TOML; a mistake is a :class:`ConfigError`, one line naming the field."""
+        try:
+            return cls.model_validate(doc)
+        except ValidationError as exc:
+            raise one_line(exc) from None
 
-    def check(self) -> None:
-        """Range checks; raises :class:`ConfigError` naming the field."""
-        positive: dict[str, float] = {
-            "server.port": self.server.port,
-            "server.max_body_bytes": self.server.max_body_bytes,
-            "server.body_timeout_seconds": self.server.body_timeout_seconds,
-            "log.busy_timeout_seconds": self.log.busy_timeout_seconds,
-            "learning.max_completion_tokens": self.learning.max_completion_tokens,
-            "learning.snapshot_every_updates": self.learning.snapshot_every_updates,
-            "learning.snapshot_every_seconds": self.learning.snapshot_every_seconds,
-            "learning.reload_poll_seconds": self.learning.reload_poll_seconds,
-            "budget.step": self.budget.step,
-            "upstream.connect_timeout_seconds": self.upstream.connect_timeout_seconds,
-            "upstream.first_byte_timeout_seconds": self.upstream.first_byte_timeout_seconds,
-            "upstream.max_attempts": self.upstream.max_attempts,
-        }
-        if self.budget.target_usd_per_1k is not None:
-            positive["budget.target_usd_per_1k"] = self.budget.target_usd_per_1k
-        if self.target.quality_floor is not None:
-            positive |= {
-                "target.floor_min_graded": self.target.floor_min_graded,
-                "target.floor_every": self.target.floor_every,
-            }
-            if not (math.isfinite(self.target.quality_floor) and 0 <= self.target.quality_floor <= 1):
-                raise ConfigError(f"config: 'target.quality_floor' must lie in [0, 1], got {self.target.quality_floor}")
-            if self.target.floor_min_graded < 2:
-                raise ConfigError(f"config: 'target.floor_min_graded' must be >= 2, got {self.target.floor_min_graded}")
-            if not 0 < self.target.floor_step < 1:
-                raise ConfigError(f"config: 'target.floor_step' must lie in (0, 1), got {self.target.floor_step}")
-        if not 0.5 <= self.savings.level < 1:
-            raise ConfigError(f"config: 'savings.level' must lie in [0.5, 1), got {self.savings.level}")
-        for name, value in positive.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"config: '{name}' must be > 0, got {value}")
+    @model_validator(mode="after")
+    def _fields_that_depend_on_others(self) -> ServeConfig:
+        """The checks that span fields: the quality floor's settings, tenant names, where the log is."""
+        _check_target(self.target)
         for name, tenant in self.tenants.items():
             if not _TENANT_NAME.fullmatch(name) or name == DEFAULT_TENANT:
                 raise ConfigError(
@@ -263,27 +236,50 @@ class ServeConfig:
             raise ConfigError("config: 'log.url' must be a postgresql:// URL (or leave it out for the SQLite file)")
         if self.log.url and self.log.path:
             raise ConfigError("config: 'log.url' and 'log.path' name two logs; give one")
-        if self.log.durability not in ("full", "normal"):
-            raise ConfigError(f"config: 'log.durability' must be 'full' or 'normal', got {self.log.durability!r}")
+        return self
 
 
-def _section(kind: Any, values: Any, name: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"config: '{name}' must be a table")
-    known = {f.name: f for f in fields(kind)}
-    unknown = set(values) - set(known)
+def _check_target(t: TargetConfig) -> None:
+    """With a quality floor set: a step in (0, 1), at least 2 graded decisions, checks > 0."""
+    if t.quality_floor is None:
+        return
+    if t.floor_min_graded < 2:
+        raise ConfigError(f"config: 'target.floor_min_graded' must be >= 2, got {t.floor_min_graded}")
+    if not 0 < t.floor_step < 1:
+        raise ConfigError(f"config: 'target.floor_step' must lie in (0, 1), got {t.floor_step}")
+    if t.floor_every <= 0:
+        raise ConfigError(f"config: 'target.floor_every' must be > 0, got {t.floor_every}")
+
+
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
+
+
+def one_line(exc: ValidationError) -> ConfigError:
+    """pydantic's errors as one line naming the dotted field: unknown keys first (all of one table together), then
+    the first other mistake: a table that is not one, a value of the wrong type, out of range, or not one of a set."""
+    errors = exc.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
-        raise ConfigError(f"config: '{name}' has unknown field(s) {sorted(unknown)}")
-    for key, value in values.items():
-        if key == "models":
-            continue
-        wanted = str(known[key].type).split(" | ")[0]  # the annotation, e.g. "float | None" -> "float"
-        ok = {
-            "str": isinstance(value, str),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, int | float) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-        }.get(wanted, True)
-        if not ok:
-            raise ConfigError(f"config: '{name}.{key}' must be {wanted}, got {value!r}")
-    return kind(**values)
+        table = unknown[0]["loc"][:-1]
+        names = sorted(str(e["loc"][-1]) for e in unknown if e["loc"][:-1] == table)
+        if not table:
+            return ConfigError(f"config: unknown section(s) {names}")
+        return ConfigError(f"config: '{_dotted(table)}' has unknown field(s) {names}")
+    error = errors[0]
+    field, kind, value = _dotted(error["loc"]), error["type"], error["input"]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        return cause
+    if kind in ("model_type", "dict_type"):
+        return ConfigError(f"config: '{field}' must be a table")
+    if kind in _TYPE_NAMES:
+        return ConfigError(f"config: '{field}' must be {_TYPE_NAMES[kind]}, got {value!r}")
+    if kind == "literal_error":
+        return ConfigError(f"config: '{field}' must be {error['ctx']['expected']}, got {value!r}")
+    if cause is not None:
+        return ConfigError(f"config: '{field}' {cause}")
+    return ConfigError(f"config: '{field}' {error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}")
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)

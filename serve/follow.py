@@ -19,13 +19,8 @@ from types import FrameType
 
 from router_ml.errors import InvalidInput
 from router_ml.log_store import LogUnavailable
-from router_ml.registry import PolicyRef, PolicyRegistry
-from router_ml.router import Router
-from router_ml.savings import LiveSavings
-from serve.app import StartupError, open_log, reference_model
 from serve.config import ServeConfig
-from serve.learner import OnlineLearner, resolve_start
-from serve.metrics import Metrics
+from serve.startup import StartupError, load_learner, open_log
 
 log = logging.getLogger("router_ml.learn")
 
@@ -44,20 +39,7 @@ def follow(config: ServeConfig, *, poll_seconds: float = 0.5, stop: threading.Ev
                     f"learn: cannot start: decision log {decision_log.where}: another learner (or an all-in-one "
                     "service) already learns from it"
                 )
-            registry = PolicyRegistry(config.policy.tracking_uri or None)
-            ref = PolicyRef.parse(config.policy.ref)
-            loaded = resolve_start(registry, ref, decision_log)
-            router = Router.from_artifact(loaded.artifact, version=loaded.version)
-            learner = OnlineLearner(
-                loaded,
-                router,
-                decision_log,
-                registry,
-                config.learning,
-                Metrics(models=router.policy.catalog.names),
-                alias=ref.alias,
-                savings=LiveSavings(reference_model(config, router), alpha=1 - config.savings.level),
-            )
+            learner, loaded = load_learner(config, decision_log)
             learned = learner.start(loaded)
             log.info("learner: serving %s, replayed %d grades", learner.version, learned)
             last_poll = time.monotonic()

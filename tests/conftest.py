@@ -23,7 +23,7 @@ from router_ml.policy import PolicyConfig
 from router_ml.simulate import simulate
 from router_ml.torch_embed import SentenceTransformerEmbedder
 from tests.pgkit import PostgresServer, pg_bin
-from tests.servekit import BODY_TIMEOUT, MODELS, FakeUpstream, ServerProcess, mount_tmpfs, serving_champion, unmount
+from tests.servekit import BODY_TIMEOUT, MODELS, FakeUpstream, InProcessServer, mount_tmpfs, serving_champion, unmount
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -146,8 +146,8 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
 @pytest.fixture(scope="session")
 def hardened(
     tmp_path_factory: pytest.TempPathFactory, policy_artifact: PolicyArtifact, upstream: FakeUpstream, disk: Path | None
-) -> Iterator[ServerProcess]:
-    """One `router-ml serve` process for the trust and fault tests: every model on the fake upstream, the log on the
+) -> Iterator[InProcessServer]:
+    """One service (in this process) for the trust and fault tests: every model on the fake upstream, the log on the
     small tmpfs, a 1 s body timeout, a 0.5 s busy timeout, and the OpenAPI spec served to admin keys."""
     home = tmp_path_factory.mktemp("hardened-home")
     with serving_champion(

@@ -1,4 +1,7 @@
-"""Test kit for the service: a fake OpenAI-compatible upstream on 127.0.0.1, and `router-ml serve` as a real process.
+"""Test kit for the service: a fake OpenAI-compatible upstream on 127.0.0.1, and the service over real HTTP on a
+loopback port, either in this process (:class:`InProcessServer`: the app on uvicorn in a thread, for tests of what it
+answers) or as `router-ml serve` in its own process (:class:`ServerProcess`: for tests of start-up, exit codes, the
+command line and kill -9).
 
 The fake upstream answers by the model name it receives, ``<behaviour>-<anything>``; it streams when the request
 asks. Behaviours: ``ok`` (an answer with usage), ``fail`` (HTTP 500), ``slow`` (sleeps past the router's first-byte
@@ -40,6 +43,9 @@ from starlette.routing import Route
 
 from router_ml.artifacts import PolicyArtifact
 from router_ml.registry import PolicyRegistry
+from serve.app import create_app
+from serve.config import ServeConfig
+from serve.startup import build_service
 
 API_KEY = "test-key-123"
 OTHER_KEY = "other-key"
@@ -184,7 +190,68 @@ def write_config(
     return path
 
 
-class ServerProcess:
+class Server:
+    """A service on a free loopback port, over the config file ``config``, with its home and MLflow store."""
+
+    def __init__(self, config: Path, home: Path, tracking_uri: str, env: dict[str, str] | None = None) -> None:
+        self.config, self.home, self.tracking_uri = config, home, tracking_uri
+        self.env = env or {}
+        self.log = Path(tomllib.loads(config.read_text(encoding="utf-8"))["log"].get("path", ""))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """The variables the service reads: its home, the MLflow store, the keys of each tenant and the admin's."""
+        return {
+            "ROUTER_ML_HOME": str(self.home),
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "ROUTER_ML_API_KEYS": OTHER_KEY,
+            "TEAM_A_KEYS": API_KEY,
+            "TEAM_B_KEYS": TEAM_B_KEY,
+            "ROUTER_ML_ADMIN_KEYS": ADMIN_KEY,
+            **self.env,
+        }
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class InProcessServer(Server):
+    """The service built in this process and served by uvicorn in a background thread: real HTTP for the clients
+    (httpx, the OpenAI SDK, raw sockets), without the seconds a new Python process spends importing and loading."""
+
+    def __init__(self, config: Path, home: Path, tracking_uri: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(config, home, tracking_uri, env)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 60.0) -> InProcessServer:
+        import pytest
+
+        with pytest.MonkeyPatch.context() as patch:  # the service reads its variables while it is built
+            for name, value in self.environment().items():
+                patch.setenv(name, value)
+            app = create_app(build_service(ServeConfig.load(self.config)))
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        """A graceful stop: the app's shutdown closes the service (learner, log, upstream connections)."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=60)
+            self._server = self._thread = None
+
+
+class ServerProcess(Server):
     """`router-ml serve` in its own process on a free loopback port."""
 
     def __init__(
@@ -196,25 +263,12 @@ class ServerProcess:
         args: Sequence[str] = (),
         command: str = "serve",
     ) -> None:
-        self.config, self.home, self.tracking_uri = config, home, tracking_uri
-        self.env = env or {}
+        super().__init__(config, home, tracking_uri, env)
         self.args, self.command = list(args), command
-        self.log = Path(tomllib.loads(config.read_text(encoding="utf-8"))["log"].get("path", ""))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
-        env = {
-            **os.environ,
-            "ROUTER_ML_HOME": str(self.home),
-            "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "ROUTER_ML_API_KEYS": OTHER_KEY,
-            "TEAM_A_KEYS": API_KEY,
-            "TEAM_B_KEYS": TEAM_B_KEY,
-            "ROUTER_ML_ADMIN_KEYS": ADMIN_KEY,
-            **self.env,
-        }
+        env = {**os.environ, **self.environment()}
         cmd = [sys.executable, "-m", "router_ml.cli", self.command, "--config", str(self.config), *self.args]
         if self.command == "serve":
             cmd += ["--port", str(self.port)]
@@ -260,15 +314,15 @@ class ServerProcess:
 
 
 @contextmanager
-def running(config: Path, home: Path, tracking_uri: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(config, home, tracking_uri).start()
+def running(config: Path, home: Path, tracking_uri: str) -> Iterator[InProcessServer]:
+    server = InProcessServer(config, home, tracking_uri).start()
     try:
         yield server
     finally:
         server.stop()
 
 
-def decision_row(server: ServerProcess, decision_id: str) -> dict[str, object]:
+def decision_row(server: Server, decision_id: str) -> dict[str, object]:
     """A decision's row in the service's log, read beside the running service (WAL lets a reader in)."""
     with contextlib.closing(sqlite3.connect(f"file:{server.log}?mode=ro", uri=True)) as db:
         db.row_factory = sqlite3.Row
@@ -281,12 +335,12 @@ def decision_row(server: ServerProcess, decision_id: str) -> dict[str, object]:
     return dict(found)
 
 
-def client(server: ServerProcess, key: str = API_KEY) -> httpx.Client:
+def client(server: Server, key: str = API_KEY) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {key}"}, timeout=30.0)
 
 
 @contextmanager
-def serving_champion(home: Path, artifact: PolicyArtifact, upstream: str, **options: Any) -> Iterator[ServerProcess]:
+def serving_champion(home: Path, artifact: PolicyArtifact, upstream: str, **options: Any) -> Iterator[InProcessServer]:
     """``artifact`` as the champion of a fresh store under ``home``, served with every catalog model on the fake
     upstream answering ``ok``; ``options`` go to :func:`write_config`."""
     uri, _ = champion(home, artifact)

@@ -78,12 +78,20 @@ def test_in_process_embedding_writes_the_same_cache(
     _assert_same_vectors(_cached(cache_path, report.embedder, prompts[:200]), embedder.encode(prompts[:200]))
 
 
+def _ours(proc: psutil.Process) -> bool:
+    """A descendant of this test process (the local Ray it started), not another job's Ray on the machine."""
+    try:
+        return any(parent.pid == os.getpid() for parent in proc.parents())
+    except psutil.Error:
+        return False
+
+
 def _kill_one_actor(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first Ray embedding actor seen, once it has had a moment to start working."""
+    """SIGKILL the first Ray embedding actor of ours seen, once it has had a moment to start working."""
     while not stop.is_set():
         for proc in psutil.process_iter(["pid", "cmdline"]):
             cmdline = " ".join(proc.info["cmdline"] or [])
-            if "_Embed" in cmdline and proc.info["pid"] != os.getpid():
+            if "_Embed" in cmdline and _ours(proc):
                 time.sleep(1.0)
                 try:
                     os.kill(proc.info["pid"], signal.SIGKILL)

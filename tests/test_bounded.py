@@ -39,8 +39,14 @@ def test_policy_caches_stay_within_their_bounds_and_change_no_decision(policy_ar
     for context, other, candidates in zip(
         policy.featurizer.shared(embeddings), plain.featurizer.shared(embeddings), lists
     ):
-        assert np.array_equal(policy.distribution(context, candidates), plain.distribution(other, candidates))
-        assert policy.distribution(context, candidates) is not None  # a second look hits the cache
+        looks = [
+            p.decide(c, np.random.default_rng(0), candidates, prompt_tokens=1.0)
+            for p, c in ((policy, context), (plain, other))
+        ]
+        assert looks[0] == looks[1]
+        assert (
+            policy.decide(context, np.random.default_rng(0), candidates, prompt_tokens=1.0) == looks[0]
+        )  # a cache hit
         assert policy.shared_cache.nbytes <= policy.shared_cache.max_bytes
         assert policy._offered.nbytes <= 5_000 and policy._cores.nbytes <= 5_000
     assert 30 <= len(policy.shared_cache) < 40 and len(plain.shared_cache) == 0

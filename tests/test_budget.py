@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from router_ml import settings
 from router_ml.budget import DualLambda, retarget, score_gaps, squarecb
-from router_ml.catalog import Catalog
+from router_ml.catalog import Catalog, ModelSpec
 from router_ml.embed import CachedEmbedder
 from router_ml.features import FeatureConfig, Featurizer
 from router_ml.policy import Policy, PolicyConfig
@@ -26,7 +27,7 @@ def router(embedder: CachedEmbedder) -> Router:
     rng = np.random.default_rng(0)
     for i in range(600):
         d = policy.decide(emb[i % 40], rng, prompt_tokens=12)
-        policy.learn_one(
+        policy.learn(
             emb[i % 40], d.model, float(d.model == "gpt-4o"), 1e-5, d.probability, prompt_tokens=12, observe_cost=False
         )
     return Router(policy, embedder)
@@ -35,10 +36,43 @@ def router(embedder: CachedEmbedder) -> Router:
 def test_inverting_squarecb_gives_back_the_same_distribution(router: Router) -> None:
     ctx = router.policy.featurizer.shared(router.embed("question 3: what is 3 + 3?").reshape(1, -1))[0]
     for candidates in (None, ["gpt-4o", "gemini-1.5-flash"]):
-        probs = router.policy.distribution(ctx, candidates, lam=0.0)
-        rebuilt = squarecb(score_gaps(probs, router.policy.gamma), router.policy.gamma)
-        assert np.allclose(rebuilt, probs, atol=1e-6)
-        assert np.array_equal(retarget(probs, router.policy.gamma, np.zeros(len(probs))), probs)
+        probs = router.policy.decide(ctx, np.random.default_rng(0), candidates, prompt_tokens=12, lam=0.0).distribution
+        p = np.array(list(probs.values()))
+        rebuilt = squarecb(score_gaps(p, router.policy.gamma), router.policy.gamma)
+        assert np.allclose(rebuilt, p, atol=1e-6)
+        assert np.array_equal(retarget(p, router.policy.gamma, np.zeros(len(p))), p)
+
+
+def test_the_policys_gamma_is_the_one_vw_explores_with() -> None:
+    """The round trip above holds for any gamma, so this checks gamma against VW itself.
+
+    SquareCB gives a non-best model ``1 / (K + gamma * gap)``, with VW's gamma growing with the updates it has
+    learned. Updates on another cluster's prompts, among other models of the same price, leave the learned gaps
+    between models ``a`` and ``b`` on this cluster's prompt as they were (what they move is common to every model),
+    while VW's gamma grows: VW's probabilities move, and the gaps recovered with :attr:`Policy.gamma` must not.
+    """
+    catalog = Catalog(tuple(ModelSpec(name, 1.0, 1.0) for name in ("a", "b", "c", "d")))
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:2]
+    x = (np.repeat(centres, 50, axis=0) + rng.normal(0, 0.05, size=(100, 8))).astype(np.float32)
+    policy = Policy(catalog, Featurizer.fit(x, FeatureConfig(clusters=(2,))), PolicyConfig(gamma_scale=10.0))
+    here, there = (x[policy.featurizer.assign(x)[:, 0] == k] for k in (0, 1))
+    for i in range(100):  # on this cluster, a is right more often than b
+        model = "ab"[i % 2]
+        policy.learn(here[i % len(here)], model, float(model == "a" or i % 3 == 0), 0.0, 0.5, prompt_tokens=1)
+    ctx = policy.featurizer.shared(here[:1])[0]
+
+    def offered() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        probs = policy.decide(ctx, rng, ["a", "b"], prompt_tokens=1, lam=0.0).distribution
+        p = np.array(list(probs.values()))
+        return p, score_gaps(p, policy.gamma)
+
+    before, gaps_before = offered()
+    for i in range(300):  # elsewhere, among other models: VW's gamma grows by sqrt(4)
+        policy.learn(there[i % len(there)], "cd"[i % 2], float(i % 3 == 0), 0.0, 0.5, ["c", "d"], prompt_tokens=1)
+    after, gaps_after = offered()
+    assert 0.01 < before[1] < 0.2 and after[1] < 0.6 * before[1], "VW explores b less as its gamma grows"
+    assert gaps_before[1] > 0 and gaps_after[1] == pytest.approx(gaps_before[1], rel=1e-3)
 
 
 def test_a_higher_lambda_buys_cheaper_decisions(router: Router) -> None:

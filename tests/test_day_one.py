@@ -92,12 +92,11 @@ def _synthetic_stream(prior: DayOnePrior, better: str | None, n: int, seed: int)
     contexts = policy.featurizer.shared(x)
     tops = []
     for ctx in contexts:
-        probs = policy.distribution(ctx, prompt_tokens=300)
-        decision = policy.sample(probs, rng)
-        tops.append(float(probs.max()))
+        decision = policy.decide(ctx, rng, prompt_tokens=300)
+        tops.append(max(decision.distribution.values()))
         quality = 0.9 if decision.model == (better or prior.default) else 0.3
         cost = float(catalog.spec(decision.model).cost_usd(300, 256))
-        policy.learn_context(ctx, decision.model, quality, cost, decision.probability, prompt_tokens=300)
+        policy.learn(ctx, decision.model, quality, cost, decision.probability, prompt_tokens=300)
     assert policy.prior is not None
     return tops, policy.prior
 

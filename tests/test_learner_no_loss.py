@@ -143,7 +143,7 @@ class Harness:
 
 def learned_state(policy: Policy) -> bytes:
     """VW's weights with their adaptive and normalisation accumulators (slots 0-2; slot 3 is scratch)."""
-    return policy._ws.weights()[..., :3].tobytes()
+    return policy.vw.weights()[..., :3].tobytes()
 
 
 def replayed(base: Policy, log: DecisionLog, embedder: CachedEmbedder, up_to: int) -> Policy:
@@ -155,7 +155,7 @@ def replayed(base: Policy, log: DecisionLog, embedder: CachedEmbedder, up_to: in
             break
         if g.learnable:
             embedding = np.asarray(embedder.encode([g.prompt])[0], dtype=np.float32)
-            policy.learn_one(
+            policy.learn(
                 embedding,
                 g.model,
                 g.quality,

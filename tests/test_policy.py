@@ -61,7 +61,7 @@ def test_distribution_is_in_catalog_order_not_probability_order() -> None:
     x = _contexts(300)
     policy = _policy(x, gamma_scale=50.0)
     _teach(policy, x, best="gamma")
-    dist = policy.predict_one(x[0], prompt_tokens=10)
+    dist = policy.decide(x[0], np.random.default_rng(0), prompt_tokens=10).distribution
     assert list(dist) == CATALOG.names
     assert max(dist, key=lambda m: dist[m]) == "gamma"
     assert dist["gamma"] > 0.5
@@ -75,11 +75,11 @@ def test_candidates_restrict_the_distribution() -> None:
     x = _contexts(200)
     policy = _policy(x)
     _teach(policy, x, best="gamma")
-    dist = policy.predict_one(x[0], candidates=["eps", "delta"], prompt_tokens=10)
+    dist = policy.decide(x[0], np.random.default_rng(0), ["eps", "delta"], prompt_tokens=10).distribution
     assert dist["alpha"] == dist["beta"] == dist["gamma"] == 0.0
     assert dist["eps"] + dist["delta"] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="not in the catalog"):
-        policy.predict_one(x[0], candidates=["nope"], prompt_tokens=10)
+        policy.decide(x[0], np.random.default_rng(0), ["nope"], prompt_tokens=10)
 
 
 def test_decisions_record_their_probability() -> None:
@@ -126,7 +126,7 @@ def test_an_operating_point_mixes_its_arms() -> None:
     expected = 0.25 * router
     expected[:, CATALOG.index("alpha")] += 0.75
     assert np.allclose(served, expected)
-    greedy = mixed.greedy_many(x[:10], prompt_tokens=10)
+    greedy = mixed.predict_many(x[:10], prompt_tokens=10, greedy=True)
     assert np.allclose(greedy[:, CATALOG.index("gamma")], 0.25) and np.allclose(greedy[:, CATALOG.index("alpha")], 0.75)
     # a fixed model that is not offered gives way to the router
     offered = mixed.predict_many(x[:10], ["beta", "gamma"], prompt_tokens=10)
@@ -138,7 +138,7 @@ def test_bytes_and_folder_round_trip(tmp_path: Path) -> None:
     x = _contexts(200)
     policy = _policy(x)
     _teach(policy, x, best="beta")
-    clone = Policy(CATALOG, policy.featurizer, policy.config, model_bytes=policy.model_bytes(), costs=policy.costs)
+    clone = Policy(CATALOG, policy.featurizer, policy.config, model_bytes=policy.to_bytes(), costs=policy.costs)
     clone.updates = policy.updates
     assert np.allclose(clone.predict_many(x[:50], prompt_tokens=10), policy.predict_many(x[:50], prompt_tokens=10))
     served = policy.at(OperatingPoint((Arm(lam=0.01), Arm(model="beta")), (0.5, 0.5)))
@@ -203,13 +203,13 @@ def test_bad_events_are_refused_before_anything_is_learned(
     x = _contexts(50)
     policy = _policy(x)
     _teach(policy, x, best="beta", rounds=1)
-    snapshot = policy.model_bytes()
+    snapshot = policy.to_bytes()
     models = ["beta", model]
     with pytest.raises(ValueError, match=fragment):
         policy.learn_many(
             x[:2], models, [1.0, quality], [0.0, cost], [0.2, prop], [None, cands], prompt_tokens=TOKENS[:2]
         )
-    assert policy.model_bytes() == snapshot, "a batch with one bad event changes nothing"
+    assert policy.to_bytes() == snapshot, "a batch with one bad event changes nothing"
 
 
 def test_config_validation() -> None:
@@ -227,7 +227,7 @@ def test_config_validation() -> None:
 
 
 def test_decide_and_learn_matches_decide_then_learn() -> None:
-    """The online loop's fused step draws and learns exactly what distribution, sample and learn_context would."""
+    """The online loop's fused step draws and learns exactly what decide then learn would."""
     x = _contexts(200)
     fused, split = _policy(x, lam=0.05), _policy(x, lam=0.05)
     contexts = fused.featurizer.shared(x)
@@ -238,10 +238,10 @@ def test_decide_and_learn_matches_decide_then_learn() -> None:
     for i in range(len(x)):
         offered = cands if i % 3 == 0 else None
         j, p = fused.decide_and_learn(contexts[i], rng_a, quality[i], cost[i], offered, prompt_tokens=10, lam=0.05)
-        d = split.sample(split.distribution(contexts[i], offered, prompt_tokens=10, lam=0.05), rng_b)
+        d = split.decide(contexts[i], rng_b, offered, prompt_tokens=10, lam=0.05)
         assert (CATALOG.names[j], p) == (d.model, d.probability)
-        split.learn_context(contexts[i], d.model, quality[i, j], cost[i, j], d.probability, offered, prompt_tokens=10)
+        split.learn(contexts[i], d.model, quality[i, j], cost[i, j], d.probability, offered, prompt_tokens=10)
     assert fused.updates == split.updates == len(x)
-    assert fused.model_bytes() == split.model_bytes()
+    assert fused.to_bytes() == split.to_bytes()
     with pytest.raises(ValueError, match="quality in"):
         fused.decide_and_learn(contexts[0], rng_a, np.full(len(CATALOG), 2.0), cost[0], prompt_tokens=10, lam=0.05)

@@ -8,6 +8,8 @@ learner killed with kill -9 mid-load loses nothing acknowledged."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import polars as pl
 import pytest
 
 from router_ml.artifacts import PolicyArtifact
@@ -185,6 +188,13 @@ def test_replicas_and_one_learner_lose_nothing_and_learn_every_grade_once(
         logged, logged_grades = in_log(cluster)
         assert routed <= logged and graded <= logged_grades
         settled(cluster, replicas, policy_artifact, embedder)
+        # the shared log exports as logged traffic, as the SQLite one does
+        out = cluster.home / "export.parquet"
+        cli = [sys.executable, "-m", "router_ml.cli", "export-logs", "--log", cluster.log_url, "-o", str(out)]
+        done = subprocess.run(cli, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        exported = pl.read_parquet(out)
+        assert routed <= set(exported["event_id"]) and graded <= set(exported.drop_nulls("quality")["event_id"])
         # a second learner, or an all-in-one service, on the same log refuses to start
         code, err = cluster.learner("second").fails_to_start()
         assert code == 2 and "another learner" in err
@@ -250,7 +260,7 @@ def test_a_database_outage_is_503_and_the_replica_recovers_by_itself(cluster: Cl
             pg.stop("immediate")
             r = httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth, timeout=30)
             assert r.status_code == 503 and PASSWORD not in r.text
-            assert httpx.get(f"{replica.url}/readyz").status_code == 503
+            assert httpx.get(f"{replica.url}/readyz", timeout=30).status_code == 503  # the pool waits its timeout
             pg.restart()
             deadline = time.monotonic() + 60
             while (
@@ -259,7 +269,7 @@ def test_a_database_outage_is_503_and_the_replica_recovers_by_itself(cluster: Cl
             ):
                 assert time.monotonic() < deadline, "the replica did not recover"
                 time.sleep(1.0)
-            assert httpx.get(f"{replica.url}/readyz").status_code == 200
+            assert httpx.get(f"{replica.url}/readyz", timeout=30).status_code == 200
             log = DecisionLog(url)
             assert log.counts()["decisions"] >= 2, "every 200 had its decision logged"
             log.close()

@@ -1,4 +1,4 @@
-"""The service over real HTTP on 127.0.0.1: `router-ml serve` as a process, a real MLflow store, a real policy,
+"""The service over real HTTP on 127.0.0.1 (served in this process), a real MLflow store, a real policy,
 and a fake OpenAI-compatible upstream that answers, fails, stalls and streams."""
 
 from __future__ import annotations
@@ -23,7 +23,17 @@ from router_ml.catalog import Catalog
 from router_ml.contracts import load_benchmark, load_logs
 from router_ml.fullinfo import FullInfo
 from router_ml.registry import PolicyRegistry
-from tests.servekit import ADMIN_KEY, API_KEY, MODELS, FakeUpstream, ServerProcess, champion, client, write_config
+from tests.servekit import (
+    ADMIN_KEY,
+    API_KEY,
+    MODELS,
+    FakeUpstream,
+    InProcessServer,
+    Server,
+    champion,
+    client,
+    write_config,
+)
 
 SNAPSHOT_EVERY = 20
 
@@ -31,13 +41,13 @@ SNAPSHOT_EVERY = 20
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, policy_artifact: PolicyArtifact, upstream: FakeUpstream
-) -> Iterator[tuple[ServerProcess, PolicyRegistry]]:
+) -> Iterator[tuple[Server, PolicyRegistry]]:
     home = tmp_path_factory.mktemp("serve-home")
     uri, registry = champion(home, policy_artifact)
     behaviours = {"gpt-4o": "ok", "gemini-1.5-pro": "slow", "gemini-1.5-flash": "fail", "llama-3.1-8b-instruct": "ok"}
     extra = f"[learning]\nsnapshot_every_updates = {SNAPSHOT_EVERY}\nreload_poll_seconds = 1.0\n"
     config = write_config(home / "serve.toml", home=home, upstream=upstream.url, models=behaviours, extra=extra)
-    server = ServerProcess(config, home, uri).start()
+    server = InProcessServer(config, home, uri).start()
     try:
         yield server, registry
     finally:
@@ -49,7 +59,7 @@ def prompts(small_benchmark: Path) -> list[str]:
     return FullInfo.from_benchmark(load_benchmark(small_benchmark)).prompts[:40]
 
 
-def health(server: ServerProcess) -> dict[str, object]:
+def health(server: Server) -> dict[str, object]:
     data: dict[str, object] = httpx.get(f"{server.url}/healthz").json()
     return data
 
@@ -63,11 +73,11 @@ def wait_for(predicate: object, timeout: float = 30.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def wait_applied(server: ServerProcess, n: int) -> None:
+def wait_applied(server: Server, n: int) -> None:
     wait_for(lambda: health(server)["feedback_applied"] == n)
 
 
-def test_every_endpoint_but_healthz_needs_a_bearer_key(stack: tuple[ServerProcess, PolicyRegistry]) -> None:
+def test_every_endpoint_but_healthz_needs_a_bearer_key(stack: tuple[Server, PolicyRegistry]) -> None:
     server, _ = stack
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     calls = [
@@ -91,7 +101,7 @@ def test_every_endpoint_but_healthz_needs_a_bearer_key(stack: tuple[ServerProces
 
 
 def test_route_feedback_learns_online_and_snapshots_a_version(
-    stack: tuple[ServerProcess, PolicyRegistry], prompts: list[str]
+    stack: tuple[Server, PolicyRegistry], prompts: list[str]
 ) -> None:
     server, registry = stack
     start = int(health(server)["feedback_applied"])  # type: ignore[call-overload]
@@ -136,7 +146,7 @@ def test_route_feedback_learns_online_and_snapshots_a_version(
     assert artifact.policy.updates >= SNAPSHOT_EVERY
 
 
-def test_bad_input_gets_a_4xx_naming_the_field(stack: tuple[ServerProcess, PolicyRegistry]) -> None:
+def test_bad_input_gets_a_4xx_naming_the_field(stack: tuple[Server, PolicyRegistry]) -> None:
     server, _ = stack
     before = health(server)
     with client(server) as c:
@@ -157,7 +167,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(stack: tuple[ServerProcess, Polic
 
 
 def test_openai_sdk_through_the_router_with_fallback_and_streaming(
-    stack: tuple[ServerProcess, PolicyRegistry], upstream: FakeUpstream
+    stack: tuple[Server, PolicyRegistry], upstream: FakeUpstream
 ) -> None:
     server, _ = stack
     sdk = OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
@@ -212,7 +222,7 @@ def test_openai_sdk_through_the_router_with_fallback_and_streaming(
     assert "router_feedback_lag_seconds" in metrics
 
 
-def test_all_upstreams_failing_is_a_502_without_secrets(stack: tuple[ServerProcess, PolicyRegistry]) -> None:
+def test_all_upstreams_failing_is_a_502_without_secrets(stack: tuple[Server, PolicyRegistry]) -> None:
     server, _ = stack
     with client(server) as c:
         r = c.post(
@@ -228,8 +238,9 @@ def test_all_upstreams_failing_is_a_502_without_secrets(stack: tuple[ServerProce
     assert API_KEY not in r.text
 
 
+@pytest.mark.slow
 def test_eight_clients_every_feedback_applied_exactly_once(
-    stack: tuple[ServerProcess, PolicyRegistry], prompts: list[str]
+    stack: tuple[Server, PolicyRegistry], prompts: list[str]
 ) -> None:
     server, _ = stack
     start = int(health(server)["feedback_applied"])  # type: ignore[call-overload]
@@ -303,9 +314,7 @@ _chat = st.fixed_dictionaries(
         st.tuples(st.just("/v1/chat/completions"), _chat | _json),
     )
 )
-def test_fuzzed_bodies_never_get_a_5xx(
-    stack: tuple[ServerProcess, PolicyRegistry], path_body: tuple[str, object]
-) -> None:
+def test_fuzzed_bodies_never_get_a_5xx(stack: tuple[Server, PolicyRegistry], path_body: tuple[str, object]) -> None:
     server, _ = stack
     path, body = path_body
     content = json.dumps(body, allow_nan=True).encode()
@@ -320,7 +329,7 @@ def test_fuzzed_bodies_never_get_a_5xx(
 
 
 def test_hot_reload_when_the_champion_moves(
-    stack: tuple[ServerProcess, PolicyRegistry], policy_artifact: PolicyArtifact
+    stack: tuple[Server, PolicyRegistry], policy_artifact: PolicyArtifact
 ) -> None:
     server, registry = stack
     new = registry.log_version(policy_artifact, params={"lam": 0.05}, metrics={}, tags={"source": "batch"})
@@ -332,7 +341,7 @@ def test_hot_reload_when_the_champion_moves(
         assert "router_reloads_total 1.0" in c.get("/metrics").text
 
 
-def test_export_logs_is_training_data(stack: tuple[ServerProcess, PolicyRegistry], tmp_path: Path) -> None:
+def test_export_logs_is_training_data(stack: tuple[Server, PolicyRegistry], tmp_path: Path) -> None:
     from router_ml.cli import main
 
     server, _ = stack

@@ -31,6 +31,35 @@ def test_bad_config_names_the_field(tmp_path: Path, text: str, field: str) -> No
         ServeConfig.load(path)
 
 
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        # a wrong type, nested at any depth
+        ({"server": {"port": "80"}}, "config: 'server.port' must be int, got '80'"),
+        ({"server": {"openapi": 1}}, "config: 'server.openapi' must be bool, got 1"),
+        ({"learning": {"reload_poll_seconds": True}}, "config: 'learning.reload_poll_seconds' must be float, got True"),
+        ({"upstream": {"models": {"m": {"endpoint": 1}}}}, "config: 'upstream.models.m.endpoint' must be str, got 1"),
+        ({"tenants": {"t": "x"}}, "config: 'tenants.t' must be a table"),
+        # an unknown key: a section, or a field of one (all of one table at once)
+        ({"servr": {}}, "config: unknown section(s) ['servr']"),
+        ({"log": {"pth": "x", "durabilty": "full"}}, "config: 'log' has unknown field(s) ['durabilty', 'pth']"),
+        ({"upstream": {"models": {"m": {"model": "x"}}}}, "config: 'upstream.models.m' has unknown field(s) ['model']"),
+        # out of range, or not one of a set
+        ({"upstream": {"max_attempts": 0}}, "config: 'upstream.max_attempts' must be > 0, got 0"),
+        ({"server": {"max_body_bytes": -1}}, "config: 'server.max_body_bytes' must be > 0, got -1"),
+        ({"log": {"busy_timeout_seconds": float("inf")}}, "config: 'log.busy_timeout_seconds' must be > 0, got inf"),
+        ({"savings": {"level": 1}}, "config: 'savings.level' must lie in [0.5, 1), got 1"),
+        ({"target": {"quality_floor": 0.1, "floor_min_graded": 1}}, "config: 'target.floor_min_graded' must be >= 2"),
+        ({"log": {"durability": "sometimes"}}, "config: 'log.durability' must be 'full' or 'normal', got 'sometimes'"),
+    ],
+)
+def test_each_mistake_is_one_line_naming_the_dotted_field(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ServeConfig.from_dict(doc)
+    text = str(caught.value)
+    assert text.startswith(message) and "\n" not in text, text
+
+
 def test_defaults_and_a_full_file(tmp_path: Path) -> None:
     assert ServeConfig.load(None).policy.ref == "champion"
     path = tmp_path / "serve.toml"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import polars as pl
+import pytest
 
 from router_ml.artifacts import PolicyArtifact
 from router_ml.contracts import load_benchmark
@@ -16,6 +17,7 @@ from router_ml.fullinfo import FullInfo
 from tests.servekit import API_KEY, FakeUpstream, ServerProcess, champion, write_config
 
 
+@pytest.mark.slow
 def test_kill_9_during_feedback_load_loses_nothing_acknowledged(
     tmp_path: Path,
     policy_artifact: PolicyArtifact,

@@ -20,19 +20,19 @@ import httpx
 import pytest
 
 from router_ml.artifacts import PolicyArtifact
-from tests.servekit import FakeUpstream, ServerProcess, champion, client, mount_tmpfs, unmount, write_config
+from tests.servekit import FakeUpstream, Server, ServerProcess, champion, client, mount_tmpfs, unmount, write_config
 
 
 @pytest.fixture
-def server(hardened: ServerProcess) -> ServerProcess:
+def server(hardened: Server) -> Server:
     return hardened
 
 
-def readiness(server: ServerProcess) -> httpx.Response:
+def readiness(server: Server) -> httpx.Response:
     return httpx.get(f"{server.url}/readyz", timeout=30)
 
 
-def assert_refused(server: ServerProcess, reason: str, graded: str) -> None:
+def assert_refused(server: Server, reason: str, graded: str) -> None:
     """Writes get 503 naming ``reason``; the service says it is not ready, and stays alive."""
     with client(server) as c:
         routed = c.post("/v1/route", json={"prompt": "hello"})
@@ -48,7 +48,7 @@ def assert_refused(server: ServerProcess, reason: str, graded: str) -> None:
     assert health["status"] == "degraded" and reason in health["fault"]
 
 
-def assert_recovered(server: ServerProcess, graded: str) -> None:
+def assert_recovered(server: Server, graded: str) -> None:
     assert readiness(server).status_code == 200
     with client(server) as c:
         assert c.post("/v1/route", json={"prompt": "hello again"}).status_code == 200
@@ -56,14 +56,14 @@ def assert_recovered(server: ServerProcess, graded: str) -> None:
     assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
 
 
-def routed(server: ServerProcess) -> str:
+def routed(server: Server) -> str:
     with client(server) as c:
         r = c.post("/v1/route", json={"prompt": "What is 2 + 2?"})
         assert r.status_code == 200
         return str(r.json()["decision_id"])
 
 
-def test_database_locked_is_a_503_and_recovers(server: ServerProcess) -> None:
+def test_database_locked_is_a_503_and_recovers(server: Server) -> None:
     decision = routed(server)
     other = sqlite3.connect(server.log, isolation_level=None)
     try:
@@ -75,7 +75,7 @@ def test_database_locked_is_a_503_and_recovers(server: ServerProcess) -> None:
     assert_recovered(server, decision)
 
 
-def test_disk_full_is_a_503_naming_it_and_recovers(server: ServerProcess, disk: Path | None) -> None:
+def test_disk_full_is_a_503_naming_it_and_recovers(server: Server, disk: Path | None) -> None:
     if disk is None:
         pytest.skip("cannot mount a tmpfs here; the disk-full test needs a small real disk")
     decision = routed(server)
@@ -104,6 +104,7 @@ def one_line_refusal(code: int, stderr: str, *expected: str) -> None:
         assert text in last, last
 
 
+@pytest.mark.slow
 def test_a_read_only_log_folder_at_start_is_one_line_and_a_non_zero_exit(
     tmp_path: Path, policy_artifact: PolicyArtifact, upstream: FakeUpstream
 ) -> None:
@@ -119,6 +120,7 @@ def test_a_read_only_log_folder_at_start_is_one_line_and_a_non_zero_exit(
     one_line_refusal(code, stderr, "decision log", "Read-only file system")
 
 
+@pytest.mark.slow
 def test_a_champion_whose_artifacts_were_deleted_is_one_line_and_a_non_zero_exit(
     tmp_path: Path, policy_artifact: PolicyArtifact, upstream: FakeUpstream
 ) -> None:

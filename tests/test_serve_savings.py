@@ -1,4 +1,5 @@
-"""Savings on live traffic, the quality floor and calibrated operating points, through a real `router-ml serve`."""
+"""Savings on live traffic, the quality floor and calibrated operating points, over real HTTP (the
+service in this process; its start-up refusals through `router-ml serve`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from router_ml.artifacts import PolicyArtifact
 from router_ml.contracts import load_benchmark
 from router_ml.fullinfo import FullInfo
 from router_ml.operating import Arm, OperatingPoint
-from tests.servekit import ADMIN_KEY, API_KEY, MODELS, FakeUpstream, ServerProcess, champion, client, write_config
+from tests.servekit import (
+    ADMIN_KEY,
+    API_KEY,
+    MODELS,
+    FakeUpstream,
+    InProcessServer,
+    Server,
+    ServerProcess,
+    champion,
+    client,
+    write_config,
+)
 
 REFERENCE = "gpt-4o"
 FLOOR = """[savings]
@@ -26,17 +38,18 @@ floor_every = 10
 """
 
 
-def _savings(server: ServerProcess) -> dict[str, object]:
+def _savings(server: Server) -> dict[str, object]:
     r = httpx.get(f"{server.url}/v1/savings", headers={"authorization": f"Bearer {ADMIN_KEY}"})
     assert r.status_code == 200, r.text
     data: dict[str, object] = r.json()
     return data
 
 
-def _applied(server: ServerProcess) -> int:
+def _applied(server: Server) -> int:
     return int(httpx.get(f"{server.url}/healthz").json()["feedback_applied"])
 
 
+@pytest.mark.slow
 def test_savings_floor_and_a_calibrated_mixture_over_http(
     tmp_path: Path, policy_artifact: PolicyArtifact, upstream: FakeUpstream, small_benchmark: Path
 ) -> None:
@@ -53,7 +66,7 @@ def test_savings_floor_and_a_calibrated_mixture_over_http(
         home / "serve.toml", home=home, upstream=upstream.url, models=dict.fromkeys(MODELS, "ok"), extra=FLOOR
     )
     prompts = FullInfo.from_benchmark(load_benchmark(small_benchmark)).prompts[:80]
-    server = ServerProcess(config, home, uri).start()
+    server = InProcessServer(config, home, uri).start()
     try:
         with client(server) as c:
             decisions = []
@@ -93,13 +106,14 @@ def test_savings_floor_and_a_calibrated_mixture_over_http(
     finally:
         server.stop()
     # a restart rebuilds the estimate from the log: every grade counted once
-    again = ServerProcess(config, home, uri).start()
+    again = InProcessServer(config, home, uri).start()
     try:
         assert _savings(again)["graded_decisions"] == len(decisions)
     finally:
         again.stop()
 
 
+@pytest.mark.slow
 def test_a_bad_savings_or_target_section_is_one_line_naming_the_field(
     tmp_path: Path, policy_artifact: PolicyArtifact, upstream: FakeUpstream
 ) -> None:

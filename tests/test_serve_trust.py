@@ -1,8 +1,8 @@
 """What a client or an upstream controls cannot poison the model, hide a failure or get a 5xx (issue 11).
 
-`router-ml serve` as a real process on 127.0.0.1, a real MLflow store and policy, and the fake upstream told to
-misbehave per test (cut, stall, end early, NaN / infinite / negative usage); clients are httpx, raw sockets and
-the official OpenAI SDK.
+The service over real HTTP on 127.0.0.1 (served in this process: nothing here tests start-up), a real MLflow store
+and policy, and the fake upstream told to misbehave per test (cut, stall, end early, NaN / infinite / negative
+usage); clients are httpx, raw sockets and the official OpenAI SDK.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from tests.servekit import (
     BODY_TIMEOUT,
     TEAM_B_KEY,
     FakeUpstream,
-    ServerProcess,
+    Server,
     client,
     decision_row,
 )
 
 
 @pytest.fixture
-def server(hardened: ServerProcess) -> ServerProcess:
+def server(hardened: Server) -> Server:
     return hardened
 
 
@@ -45,7 +45,7 @@ def misbehaving(upstream: FakeUpstream) -> Iterator[dict[str, str]]:
     upstream.commands.clear()
 
 
-def sdk(server: ServerProcess, key: str = API_KEY) -> OpenAI:
+def sdk(server: Server, key: str = API_KEY) -> OpenAI:
     return OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
 
 
@@ -59,7 +59,7 @@ def gpt4o_cost(input_tokens: int, output_tokens: int) -> float:
     return Catalog.load(settings.default_catalog()).spec("gpt-4o").cost_usd(input_tokens, output_tokens)
 
 
-def wait_for_row(server: ServerProcess, decision_id: str, column: str, timeout: float = 15.0) -> dict[str, object]:
+def wait_for_row(server: Server, decision_id: str, column: str, timeout: float = 15.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
         row = decision_row(server, decision_id)
@@ -69,7 +69,7 @@ def wait_for_row(server: ServerProcess, decision_id: str, column: str, timeout: 
 
 
 # -- keys and tenants ---------------------------------------------------------------------------
-def test_a_key_acts_for_its_own_tenant_and_grades_only_its_decisions(server: ServerProcess) -> None:
+def test_a_key_acts_for_its_own_tenant_and_grades_only_its_decisions(server: Server) -> None:
     with client(server) as a, client(server, TEAM_B_KEY) as b, client(server, ADMIN_KEY) as admin:
         r = a.post("/v1/route", json={"prompt": "hello", "tenant": "team-b"})
         assert r.status_code == 403 and "tenant" in r.text
@@ -102,7 +102,7 @@ def test_a_key_acts_for_its_own_tenant_and_grades_only_its_decisions(server: Ser
 
 
 def test_a_client_cost_is_taken_only_for_route_only_decisions_and_within_the_model_price(
-    server: ServerProcess,
+    server: Server,
 ) -> None:
     with client(server) as c, client(server, ADMIN_KEY) as admin:
         routed = c.post("/v1/route", json={"prompt": "What is 2 + 2?", "candidates": ["gpt-4o"]}).json()
@@ -131,7 +131,7 @@ def test_a_client_cost_is_taken_only_for_route_only_decisions_and_within_the_mod
 # -- streams ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("behaviour", ["cut", "stall", "nodone"])
 def test_a_stream_that_breaks_after_the_first_byte_raises_in_the_sdk_and_is_logged_as_cut(
-    server: ServerProcess, misbehaving: dict[str, str], behaviour: str
+    server: Server, misbehaving: dict[str, str], behaviour: str
 ) -> None:
     misbehaving["ok-gpt-4o"] = behaviour
     raw = sdk(server).chat.completions.with_raw_response.create(
@@ -151,7 +151,7 @@ def test_a_stream_that_breaks_after_the_first_byte_raises_in_the_sdk_and_is_logg
     assert 0 < row["cost_usd"] < gpt4o_cost(100, 100)  # type: ignore[operator]
 
 
-def test_a_stream_names_the_catalog_model_and_sends_usage_only_when_asked(server: ServerProcess) -> None:
+def test_a_stream_names_the_catalog_model_and_sends_usage_only_when_asked(server: Server) -> None:
     client_ = sdk(server)
     plain = client_.chat.completions.create(
         model="router", messages=[{"role": "user", "content": "hi"}], extra_body={"router_candidates": ["gpt-4o"]}
@@ -182,7 +182,7 @@ def test_a_stream_names_the_catalog_model_and_sends_usage_only_when_asked(server
 
 
 def test_a_client_that_leaves_mid_stream_still_leaves_the_model_cost_and_state(
-    server: ServerProcess, misbehaving: dict[str, str]
+    server: Server, misbehaving: dict[str, str]
 ) -> None:
     misbehaving["ok-gpt-4o"] = "long"  # 200 chunks, 20 ms apart
     with (
@@ -200,7 +200,7 @@ def test_a_client_that_leaves_mid_stream_still_leaves_the_model_cost_and_state(
 
 
 # -- input the client or the upstream controls: 4xx or a fallback, never a 5xx -------------------
-def test_client_input_gets_a_4xx_naming_the_field(server: ServerProcess) -> None:
+def test_client_input_gets_a_4xx_naming_the_field(server: Server) -> None:
     with client(server) as c:
         surrogate = b'{"model": "router", "messages": [{"role": "user", "content": "a\\udfff"}]}'
         r = c.post("/v1/chat/completions", content=surrogate, headers={"content-type": "application/json"})
@@ -224,7 +224,7 @@ def test_client_input_gets_a_4xx_naming_the_field(server: ServerProcess) -> None
 
 @pytest.mark.parametrize("behaviour", ["nan", "inf", "neg"])
 def test_upstream_usage_that_is_not_a_token_count_falls_back_and_never_costs_less_than_zero(
-    server: ServerProcess, misbehaving: dict[str, str], behaviour: str
+    server: Server, misbehaving: dict[str, str], behaviour: str
 ) -> None:
     misbehaving["ok-gpt-4o"] = behaviour
     with client(server) as c:
@@ -249,7 +249,7 @@ def test_upstream_usage_that_is_not_a_token_count_falls_back_and_never_costs_les
         assert row["cost_usd"] == pytest.approx(gpt4o_cost(row["input_tokens"], row["output_tokens"]))  # type: ignore[arg-type]
 
 
-def test_a_body_that_never_arrives_is_a_408_not_a_hang(server: ServerProcess) -> None:
+def test_a_body_that_never_arrives_is_a_408_not_a_hang(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(
             b"POST /v1/route HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -262,7 +262,7 @@ def test_a_body_that_never_arrives_is_a_408_not_a_hang(server: ServerProcess) ->
     assert time.monotonic() - start < BODY_TIMEOUT + 5
 
 
-def test_metrics_do_not_grow_with_what_clients_send(server: ServerProcess) -> None:
+def test_metrics_do_not_grow_with_what_clients_send(server: Server) -> None:
     def series(text: str) -> set[str]:
         return {re.sub(r" [-+0-9.e]+$", "", line) for line in text.splitlines() if not line.startswith("#")}
 
@@ -277,7 +277,7 @@ def test_metrics_do_not_grow_with_what_clients_send(server: ServerProcess) -> No
 
 
 # -- the spec, fuzzed ---------------------------------------------------------------------------
-def test_schemathesis_finds_no_5xx_on_any_operation(server: ServerProcess) -> None:
+def test_schemathesis_finds_no_5xx_on_any_operation(server: Server) -> None:
     """Cases generated from the served OpenAPI spec, a bounded number per operation, sent with a tenant's key."""
     spec = httpx.get(f"{server.url}/openapi.json", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
     results = schemathesis.openapi.from_dict(spec).get_all_operations()

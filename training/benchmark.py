@@ -80,11 +80,8 @@ class BenchmarkConfig:
     ``relative_lams``: the sweep in units of ``1 / lam_scale`` (0 is always added). ``collect``: the range of cost
     weights the online stream serves, in the same units. ``events_per_prompt`` x #prompts events per policy.
 
-    ``collect = (0.003, 0.5)`` was chosen by validation inside TRAIN only (the out-of-fold operating points of the
-    default protocol, online mode, 3 seeds; no TEST figure read) on both shared benchmarks, among (0.006, 0.2),
-    (0.003, 0.5) and (0.01, 1.0). Validation cost at parity (USD per 1k): MMLU-Pro 1.034 / **1.035** / 1.292; quality
-    at the 10% and 25% budgets: MMLU-Pro 0.7204, 0.7315 / **0.7205, 0.7347** / 0.7197, 0.7297; AlpacaEval 0.1789,
-    0.2324 / **0.1791, 0.2330** / 0.1789, 0.2324; AlpacaEval's cost at 97.5% 14.897 / **14.831** / 14.897.
+    ``collect = (0.003, 0.5)`` was chosen by validation inside TRAIN only, on both shared benchmarks, among three
+    ranges (``docs/decisions/0002-benchmark-v2.md``).
     """
 
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -189,7 +186,7 @@ def _fit_policy(st: _Shared, mode: str, seed: int, rows: Ints) -> Policy:
         logs["propensity"].to_numpy(),
         logs["candidates"].to_list(),
     ):
-        policy.learn_context(
+        policy.learn(
             contexts[r], model, q, c, p, None if len(cands) == full else cands, prompt_tokens=tokens[r]
         )
     return policy

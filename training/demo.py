@@ -35,7 +35,9 @@ def holdout_report(policy: Policy, embedder: Embedder, table: FullInfo) -> dict[
     embeddings = embedder.encode(table.prompts, progress=True)
     tokens = [estimate_tokens(p) for p in table.prompts]
     probs = policy.predict_many(embeddings, prompt_tokens=tokens)
-    greedy = replay_distribution(table, policy.greedy_many(embeddings, prompt_tokens=tokens), "router-ml (greedy)")
+    greedy = replay_distribution(
+        table, policy.predict_many(embeddings, prompt_tokens=tokens, greedy=True), "router-ml (greedy)"
+    )
     expected = replay_distribution(table, probs, "router-ml (exploring)")
     best = best_single(table)
     singles = sorted(single_models(table), key=lambda r: -r.quality)
@@ -70,7 +72,7 @@ def target_replays(outcome: TrainOutcome, embedder: Embedder, table: FullInfo, t
     for label in targets:
         cal = outcome.calibrator.report(Target.parse(label))
         r = replay_distribution(
-            table, outcome.policy.at(cal.point).greedy_many(embeddings, prompt_tokens=tokens), label
+            table, outcome.policy.at(cal.point).predict_many(embeddings, prompt_tokens=tokens, greedy=True), label
         )
         ref = table.models.index(cal.reference)
         ref_q, ref_c = float(np.nanmean(table.quality[:, ref])), float(np.nanmean(table.cost[:, ref]))
