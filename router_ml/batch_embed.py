@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,59 @@ def embed_files(
         cache.close()
 
 
+def _connect(address: str) -> None:
+    """``auto``: start a local Ray with this machine's cores (never join one another process started); else join the
+    cluster at ``address``."""
+    import ray
+
+    if address == "auto":
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def _keep_unknown(known: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A Ray Data batch function keeping the prompts of a block whose cache key is not among ``known`` (a Ray object
+    holding the keys cached before the run), each once."""
+
+    def keep_unknown(batch: dict[str, Any]) -> dict[str, Any]:
+        import ray
+
+        cached: set[bytes] = ray.get(known)
+        seen: set[bytes] = set()
+        keep = []
+        for prompt in batch["prompt"]:
+            if not isinstance(prompt, str) or not prompt:
+                continue
+            key = text_key(prompt)
+            if key not in cached and key not in seen:
+                seen.add(key)
+                keep.append(prompt)
+        return {"prompt": np.array(keep, dtype=object)}
+
+    return keep_unknown
+
+
+def _write(cache: EmbeddingCache, name: str, batches: Iterable[dict[str, Any]], progress: bool) -> None:
+    """Write each batch of vectors to the cache in one transaction as it arrives (a retried batch only once)."""
+    written: set[bytes] = set()
+    bar = tqdm(desc=f"embedding on ray ({name})", unit="prompt", disable=not progress)
+    for batch in batches:
+        keys = [bytes(k) for k in batch["key"]]
+        fresh = [i for i, k in enumerate(keys) if k not in written]
+        if fresh:
+            cache.put_many(name, [keys[i] for i in fresh], np.asarray(batch["vector"])[fresh])
+            written.update(keys[i] for i in fresh)
+        bar.update(len(fresh))
+    bar.close()
+
+
 class _Embed:
     """A Ray Data actor: builds the embedder once, then embeds batches of prompts."""
 
@@ -130,41 +183,16 @@ def _on_ray(
     before = cache.count(name)
     started = not ray.is_initialized()
     if started:
-        if address == "auto":
-            ray.init(  # a new local instance, never one that another process started on this machine
-                address="local",
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        else:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        _connect(address)
     try:
         cpus = float(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
         pool = workers or max(1, int(cpus))
         share = min(1.0, max(LIGHT_CPU, (cpus - READ_RESERVE) / pool))  # a reservation: threads are set apart
-        known = ray.put(cache.keys(name))
         ray.data.DataContext.get_current().enable_progress_bars = False  # the one bar is this module's
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-        def new_prompts(batch: dict[str, Any]) -> dict[str, Any]:
-            cached = ray.get(known)
-            seen: set[bytes] = set()
-            keep = []
-            for prompt in batch["prompt"]:
-                if not isinstance(prompt, str) or not prompt:
-                    continue
-                key = text_key(prompt)
-                if key not in cached and key not in seen:
-                    seen.add(key)
-                    keep.append(prompt)
-            return {"prompt": np.array(keep, dtype=object)}
-
-        data = ray.data.read_parquet(
-            [str(p.resolve()) for p in paths], columns=["prompt"], num_cpus=LIGHT_CPU
-        )
-        unknown = data.map_batches(new_prompts, batch_format="numpy", num_cpus=LIGHT_CPU)
+        data = ray.data.read_parquet([str(p.resolve()) for p in paths], columns=["prompt"], num_cpus=LIGHT_CPU)
+        keep = _keep_unknown(ray.put(cache.keys(name)))
+        unknown = data.map_batches(keep, batch_format="numpy", num_cpus=LIGHT_CPU)
         # a file is one block, and one block goes to one actor: split the work so that every actor has some
         vectors = unknown.repartition(pool * 4).map_batches(
             _Embed,
@@ -176,16 +204,7 @@ def _on_ray(
             max_restarts=-1,
             max_task_retries=-1,
         )
-        written: set[bytes] = set()
-        bar = tqdm(desc=f"embedding on ray ({name})", unit="prompt", disable=not progress)
-        for batch in vectors.iter_batches(batch_size=256, batch_format="numpy"):
-            keys = [bytes(k) for k in batch["key"]]
-            fresh = [i for i, k in enumerate(keys) if k not in written]
-            if fresh:
-                cache.put_many(name, [keys[i] for i in fresh], np.asarray(batch["vector"])[fresh])
-                written.update(keys[i] for i in fresh)
-            bar.update(len(fresh))
-        bar.close()
+        _write(cache, name, vectors.iter_batches(batch_size=256, batch_format="numpy"), progress)
         return name, f"ray ({pool} workers)", before
     finally:
         if started:
