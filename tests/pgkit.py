@@ -77,51 +77,18 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
-        sql = f"CREATE USER router PASSWORD '{PASSWORD}';CREATE DATABASE router OWNER router;"
-        for statement in sql.split(";"):
-            if statement:
-                subprocess.run(
-                    _as_postgres(
-                        "psql",
-                        "-h",
-                        str(self.root),
-                        "-p",
-                        str(self.port),
-                        "-U",
-                        "postgres",
-                        "-d",
-                        "postgres",
-                        "-v",
-                        "ON_ERROR_STOP=1",
-                        "-c",
-                        statement,
-                    ),
-                    check=True,
-                    capture_output=True,
-                )
+        self.sql(f"CREATE USER router PASSWORD '{PASSWORD}'")
+        self.sql("CREATE DATABASE router OWNER router")
         return self
+
+    def sql(self, statement: str) -> None:
+        """Run one statement as the superuser, over the server's socket."""
+        psql = ["psql", "-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-d", "postgres"]
+        subprocess.run(_as_postgres(*psql, "-v", "ON_ERROR_STOP=1", "-c", statement), check=True, capture_output=True)
 
     def create_database(self, name: str) -> str:
         """A fresh empty database owned by ``router``; returns its URL."""
-        subprocess.run(
-            _as_postgres(
-                "psql",
-                "-h",
-                str(self.root),
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                f"CREATE DATABASE {name} OWNER router",
-            ),
-            check=True,
-            capture_output=True,
-        )
+        self.sql(f"CREATE DATABASE {name} OWNER router")
         return f"postgresql://router:{PASSWORD}@127.0.0.1:{self.port}/{name}"
 
     def stop(self, mode: str = "fast") -> None:

@@ -50,6 +50,12 @@ class Cluster:
         home.mkdir(exist_ok=True)
         return ServerProcess(self.config, home, self.tracking_uri, args=["--role", "router"])
 
+    def start(self, prefix: str) -> tuple[ServerProcess, list[ServerProcess]]:
+        """A running learner and three running replicas (named ``prefix0..2``)."""
+        learner = self.learner().start()
+        replicas = [self.replica(f"{prefix}{i}").start(timeout=240) for i in range(3)]
+        return learner, replicas
+
     def learner(self, name: str = "learner") -> ServerProcess:
         home = self.home / name
         home.mkdir(exist_ok=True)
@@ -176,12 +182,8 @@ def settled(cluster: Cluster, replicas: list[ServerProcess], base: PolicyArtifac
 def test_replicas_and_one_learner_lose_nothing_and_learn_every_grade_once(
     cluster: Cluster, policy_artifact: PolicyArtifact, embedder: CachedEmbedder
 ) -> None:
-    replicas = [cluster.replica(f"r{i}") for i in range(3)]
-    learner = cluster.learner()
+    learner, replicas = cluster.start("r")
     try:
-        learner.start()
-        for replica in replicas:
-            replica.start(timeout=240)
         urls = [r.url for r in replicas]
         routed, graded = load(urls, cluster.prompts, per_client=25)
         assert len(graded) >= 100
@@ -208,12 +210,8 @@ def test_replicas_and_one_learner_lose_nothing_and_learn_every_grade_once(
 def test_kill_9_of_a_replica_and_of_the_learner_mid_load_loses_nothing(
     cluster: Cluster, policy_artifact: PolicyArtifact, embedder: CachedEmbedder
 ) -> None:
-    replicas = [cluster.replica(f"k{i}") for i in range(3)]
-    learner = cluster.learner()
+    learner, replicas = cluster.start("k")
     try:
-        learner.start()
-        for replica in replicas:
-            replica.start(timeout=240)
         urls = [r.url for r in replicas]
         victim = replicas[0]
 
