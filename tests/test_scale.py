@@ -250,7 +250,7 @@ def test_a_database_outage_is_503_and_the_replica_recovers_by_itself(cluster: Cl
             pg.stop("immediate")
             r = httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth, timeout=30)
             assert r.status_code == 503 and PASSWORD not in r.text
-            assert httpx.get(f"{replica.url}/readyz").status_code == 503
+            assert httpx.get(f"{replica.url}/readyz", timeout=30).status_code == 503  # a probe waits busy_timeout (5 s)
             pg.restart()
             deadline = time.monotonic() + 60
             while (
