@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router_ml import settings
 from router_ml.calibrate import DEFAULT_CONFIDENCE, DEFAULT_FOLDS
@@ -32,6 +32,10 @@ from router_ml.simulate import EpsilonGreedy
 from router_ml.split import TEST_FRACTION
 from training.benchmark import BenchmarkConfig
 from training.demo import DEMO_EVENTS_PER_PROMPT
+
+if TYPE_CHECKING:  # the jobs load on demand; the names only type a helper
+    from training.day_one import InitOutcome
+    from training.pipelines import TrainOutcome
 
 
 def _embedders(args: argparse.Namespace) -> Embedders:
@@ -210,8 +214,13 @@ def _init(args: argparse.Namespace) -> None:
         registry=registry,
         prompts=args.prompts,
     )
+    _registered(outcome, registry, promote=args.promote)
+
+
+def _registered(outcome: TrainOutcome | InitOutcome, registry: PolicyRegistry, *, promote: bool) -> None:
+    """Say what was registered and, with ``--promote``, point the champion alias at it."""
     print(outcome.summary())
-    if args.promote:
+    if promote:
         registry.promote(outcome.version.version)
         print(f"version {outcome.version.version} is now champion")
 
@@ -252,10 +261,7 @@ def _train(args: argparse.Namespace) -> None:
         confidence=args.confidence,
         warm_start=args.warm_start,
     )
-    print(outcome.summary())
-    if args.promote:
-        registry.promote(outcome.version.version)
-        print(f"version {outcome.version.version} is now champion")
+    _registered(outcome, registry, promote=args.promote)
 
 
 def _demo_flags(p: argparse.ArgumentParser) -> None:
