@@ -29,6 +29,7 @@ from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.policy import PolicyConfig
 from training.day_one import day_one_policy
+from training.pipelines import catalog_for_benchmark
 
 
 def main() -> None:
@@ -39,13 +40,17 @@ def main() -> None:
     ap.add_argument("--lam", type=float, default=0.05)
     ap.add_argument("--explore-share", type=float, default=0.1)
     ap.add_argument("--explore-budget-usd-per-1k", type=float, default=None)
-    ap.add_argument("--default", default=FRONTIER[0])
+    ap.add_argument("--models", nargs="+", default=list(FRONTIER), help="the day-one catalog (benchmark models)")
+    ap.add_argument("--default", default=None, help="the default model (default: the first of --models)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    full = Catalog.load(settings.default_catalog())
-    catalog = Catalog(tuple(full.spec(m) for m in FRONTIER))
-    table = FullInfo.from_benchmark(_only(load_benchmark(args.benchmark), FRONTIER), models=catalog.names)
+    models = tuple(args.models)
+    args.default = args.default or models[0]
+    bench = load_benchmark(args.benchmark)
+    full = catalog_for_benchmark(args.benchmark, bench, None)
+    catalog = Catalog(tuple(full.spec(m) for m in models))
+    table = FullInfo.from_benchmark(_only(bench, models), models=catalog.names)
     embedder = Embedders(cache_path=settings.embedding_cache_path()).get(EmbedderSpec())
     split = split_tables(table, lambda texts: embedder.encode(texts, progress=True))
     runs: list[list[Checkpoint]] = []
@@ -67,7 +72,7 @@ def main() -> None:
         print(f"seed {seed}: trusted after the stream: {runs[-1][-1].trusted}", flush=True)
     first = runs[0][0]
     print(f"\n{machine()}; {time.perf_counter() - t0:.0f} s; {args.seeds} seeds; lam {args.lam}; "
-          f"{len(split.train.prompts)} TRAIN / {len(split.test.prompts)} TEST prompts; catalog {', '.join(FRONTIER)}")
+          f"{len(split.train.prompts)} TRAIN / {len(split.test.prompts)} TEST prompts; catalog {', '.join(models)}")
     print(f"always {args.default} on TEST: quality {first.default_quality:.4f}, ${first.default_cost_per_1k:.3f} "
           "per 1k requests")
     print("graded | quality (x default) | cost (x default) | margin over hull | explored share | "
