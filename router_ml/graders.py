@@ -30,7 +30,14 @@ from router_ml.errors import InvalidInput, RouterMLError
 
 
 class GradeFailed(RouterMLError):
-    """A grader could not grade; the message is the reason (it is logged with the failed job)."""
+    """A grader could not grade; the message is the reason (it is logged with the failed job).
+
+    ``retry_after`` is how long the grader's backend asked to be left alone (a 429's ``Retry-After``), in seconds;
+    ``cost_usd`` what the failed attempt still cost (a judge paid for an answer it could not parse)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, cost_usd: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after, self.cost_usd = retry_after, cost_usd
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,15 @@ class Grade:
 class Grader(Protocol):
     """Grades one answer; raises :class:`GradeFailed` when it cannot."""
 
-    name: str
-    version: str
+    @property
+    def name(self) -> str:
+        """The grader's kind (``judge``, ``exact``, ...), logged with each grade."""
+        ...
+
+    @property
+    def version(self) -> str:
+        """Changes whenever the grader could grade the same answer differently (a judge's model and prompt)."""
+        ...
 
     def grade(self, request: GradeRequest) -> Grade:
         """The answer's quality, or :class:`GradeFailed`."""
@@ -253,7 +267,10 @@ class LLMJudge:
 
     def grade(self, request: GradeRequest) -> Grade:
         reply, cost = self.complete(self.prompt_for(request))
-        score, rationale = parse_verdict(reply)
+        try:
+            score, rationale = parse_verdict(reply)
+        except GradeFailed as exc:  # the call was paid for all the same
+            raise GradeFailed(str(exc), cost_usd=cost) from exc
         return Grade((score - 1) / 9, self.name, self.version, rationale, cost_usd=cost)
 
 

@@ -152,7 +152,7 @@ class Forwarder:
             try:
                 resp = await self._client.send(self._request(up, {**body, "stream": False}))
             except httpx.HTTPError as exc:
-                failures.append(Failure(up.model, _describe(exc)))
+                failures.append(Failure(up.model, describe(exc)))
                 continue
             if resp.status_code in RETRYABLE:
                 failures.append(Failure(up.model, f"HTTP {resp.status_code}"))
@@ -167,7 +167,7 @@ class Forwarder:
             if not isinstance(answer, dict):
                 failures.append(Failure(up.model, "answer is not a JSON object"))
                 continue
-            usage = _usage(answer, prompt_text)
+            usage = answer_usage(answer, prompt_text)
             if usage is None:
                 failures.append(Failure(up.model, "answer's usage is not a count of tokens"))
                 continue
@@ -195,7 +195,7 @@ class Forwarder:
                 chunks = resp.aiter_bytes()
                 first = await anext(chunks)
             except (httpx.HTTPError, StopAsyncIteration) as exc:
-                failures.append(Failure(up.model, _describe(exc) if isinstance(exc, httpx.HTTPError) else "empty"))
+                failures.append(Failure(up.model, describe(exc) if isinstance(exc, httpx.HTTPError) else "empty"))
                 if resp is not None:
                     await resp.aclose()
                 continue
@@ -331,7 +331,7 @@ def _metered(raw: dict[str, Any]) -> tuple[int, int] | None:
     return (int(counts[0]), int(counts[1])) if ok else None  # type: ignore[arg-type]
 
 
-def _usage(answer: dict[str, Any], prompt_text: str) -> Usage | None:
+def answer_usage(answer: dict[str, Any], prompt_text: str) -> Usage | None:
     """The usage of a complete answer (estimated from text when it has none); None if it has an invalid one."""
     usage = Usage(input_tokens=estimate_tokens(prompt_text))
     raw = answer.get("usage")
@@ -351,7 +351,7 @@ def _usage(answer: dict[str, Any], prompt_text: str) -> Usage | None:
     return usage
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """A failure's kind, without the URL or headers (which may carry secrets)."""
     if isinstance(exc, httpx.TimeoutException):
         return "timeout before the first byte"
