@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 
@@ -33,7 +33,7 @@ from router_ml.graders import (
     RegexMatch,
 )
 from serve.config import ConfigError, GraderConfig
-from serve.upstream import Upstream, answer_usage, describe, strict_json
+from serve.upstream import Upstream, answer_usage, describe, message_text, strict_json
 
 G = TypeVar("G")
 JUDGE_MAX_TOKENS = 512
@@ -79,20 +79,11 @@ class JudgeClient:
             answer = strict_json(resp.content)
         except ValueError as exc:
             raise GradeFailed(f"{who}: the answer is not JSON") from exc
-        reply = _content(answer)
+        reply = message_text(answer)
         usage = answer_usage(answer, message) if isinstance(answer, dict) else None
         if reply is None or usage is None:
             raise GradeFailed(f"{who}: the answer is not a chat completion")
         return reply, self.spec.cost_usd(usage.input_tokens, usage.output_tokens)
-
-
-def _content(answer: Any) -> str | None:
-    """The first choice's message text, or None."""
-    try:
-        content = answer["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return None
-    return content if isinstance(content, str) else None
 
 
 def retry_after(headers: httpx.Headers) -> float | None:

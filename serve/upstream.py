@@ -110,6 +110,11 @@ class Answer:
     usage: Usage
     failures: list[Failure]
 
+    @property
+    def text(self) -> str:
+        """The first choice's message text ("" when it has none)."""
+        return message_text(self.body) or ""
+
 
 class Forwarder:
     """Sends chat completions to upstreams in ranking order until one answers."""
@@ -228,6 +233,12 @@ class Relay:
         self._resp, self._first, self._rest = resp, first, rest
         self._include_usage = include_usage
         self._chars = 0
+        self._parts: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """The answer's text relayed so far."""
+        return "".join(self._parts)
 
     async def events(self) -> AsyncIterator[bytes]:
         """The client's server-sent events; however the stream ends, the upstream response is closed."""
@@ -281,6 +292,7 @@ class Relay:
                 content = choice["delta"].get("content")
                 if isinstance(content, str):
                     self._chars += len(content)
+                    self._parts.append(content)
         if isinstance(msg.get("usage"), dict):
             metered = _metered(msg["usage"])
             if metered is not None:
@@ -349,6 +361,15 @@ def answer_usage(answer: dict[str, Any], prompt_text: str) -> Usage | None:
     )
     usage.output_tokens = estimate_tokens(text) if text else 0
     return usage
+
+
+def message_text(answer: Any) -> str | None:
+    """The first choice's message text of a chat completion, or None."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
 
 
 def describe(exc: BaseException) -> str:

@@ -39,8 +39,9 @@ def prompt_key(text: str) -> str:
 
 
 def answer_text(model: str, prompt: str) -> str:
-    """What the fake upstream answers ``model`` on ``prompt``."""
-    return f"answer [{model}|{prompt_key(prompt)}]"
+    """What the fake upstream answers ``model`` on ``prompt`` (a provider model id ``ok-<model>``, as
+    :func:`tests.servekit.write_config` maps them, answers as ``<model>``)."""
+    return f"answer [{model.removeprefix('ok-')}|{prompt_key(prompt)}]"
 
 
 def _completion(model: str, content: str, prompt_tokens: int, completion_tokens: int) -> dict[str, object]:
