@@ -77,11 +77,12 @@ _COLUMNS = {
         " ended_at {real}"
     ),
 }
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE decisions ADD COLUMN outcome TEXT",),
-    2: ("ALTER TABLE feedback ADD COLUMN source TEXT", "ALTER TABLE feedback ADD COLUMN grader TEXT"),
+_MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
+    1: (("decisions", "outcome TEXT"),),
+    2: (("feedback", "source TEXT"), ("feedback", "grader TEXT")),
 }
-"""Statements that take a log from version ``k`` to ``k + 1``."""
+"""The ``(table, column definition)`` pairs that take a log from version ``k`` to ``k + 1``; a column is added only
+where the table lacks it (a table the log did not have yet was just created whole)."""
 
 
 class Store:
@@ -133,8 +134,9 @@ class Store:
                     f"{SCHEMA_VERSION}: upgrade router-ml"
                 )
             for step in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[step]:
-                    s.execute(statement)
+                for table, column in _MIGRATIONS[step]:
+                    if column.split()[0] not in self.columns(s, table):
+                        s.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
             s.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
