@@ -1,10 +1,11 @@
 """``router-ml grade --agreement``: how far a grader can be trusted, measured against a benchmark's known qualities.
 
 The benchmark (:func:`router_ml.contracts.load_benchmark`) must carry each row's ``answer`` (and may carry a
-``reference``). Every row, or a seeded sample of ``limit`` rows, is graded as ``router-ml grade --logs`` grades
-(:mod:`serve.grade_batch`: the same retries and concurrency), and the grades are compared with the known qualities
-by :func:`router_ml.graders.agreement`: the share of answers both call good or both call bad at ``threshold``,
-Pearson's correlation, and the bias (graded minus known) overall and per model. Answers are only read.
+``reference``); a row without an answer is left out. Every row, or a seeded sample of ``limit`` rows, is graded as
+``router-ml grade --logs`` grades (:mod:`serve.grade_batch`: the same retries and concurrency), and the grades are
+compared with the known qualities by :func:`router_ml.graders.agreement`: the share of answers both call good or
+both call bad at ``threshold``, Pearson's correlation, and the bias (graded minus known) overall and per model.
+Answers are only read; a run keeps no progress (it is meant for a sample of a few hundred answers).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The sidecar ``<output>.progress`` is a SQLite file holding, for each answer grad
 ``event_id``), quality, the grader's detail and what grading it cost: never the prompt or the answer. Each grade is
 committed (fsynced) as it arrives, so a run stopped by Ctrl-C, ``kill -9`` or a crash loses at most the answers that
 were in flight. The file names the input (the SHA-256 of its bytes) and the grader (``name:version``) it belongs to,
-and is refused for any other; while a run holds it, a second run on the same output is refused too.
+and is refused for any other; while a run holds it (an advisory lock on ``<output>.progress.lock``, which the kernel
+drops when the process dies), a second run on the same output is refused too.
 """
 
 from __future__ import annotations

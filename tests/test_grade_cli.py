@@ -212,7 +212,7 @@ def test_a_failing_judge_fails_rows_with_the_reason_and_a_rerun_retries_only_tho
     reason: str,
 ) -> None:
     export = make_export(bench, tmp_path / "logs.parquet", 9, no_answer=0)
-    config = judge_config(tmp_path / "serve.toml", judge, timeout_seconds=0.3, concurrency=len(export.gradable))
+    config = judge_config(tmp_path / "serve.toml", judge, timeout_seconds=0.5, concurrency=len(export.gradable))
     out = tmp_path / "graded.parquet"
     command = ["grade", "--logs", str(export.path), "--config", str(config), "-o", str(out)]
     judge.mode, judge.slow_seconds = mode, 2.0
