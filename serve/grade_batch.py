@@ -6,15 +6,15 @@ benchmark, :mod:`serve.grade_agreement`) build their grader with :func:`batch_gr
 
 A judge's failure (down, slow, rate-limited, an unparseable verdict) may pass, so a job is tried up to
 ``[grader].max_attempts`` times, waiting ``backoff_seconds`` before the second attempt and twice as long before each
-next one, or a 429's ``Retry-After`` when that is longer, never more than :data:`MAX_BACKOFF_SECONDS`. A check
-(exact, regex, ...) gives the same answer every time, so its failure is final at once. A grader that raises anything
-but :class:`~router_ml.graders.GradeFailed` (a bug), or returns something that is not a quality in [0, 1], fails the
-job at once with the reason. A failed job carries its reason and what its attempts cost; nothing is learned from it.
+next one, or a 429's ``Retry-After`` when that is longer, never more than a minute (:class:`~router_ml.graders.Retry`).
+A check (exact, regex, ...) gives the same answer every time, so its failure is final at once. A grader that raises
+anything but :class:`~router_ml.graders.GradeFailed` (a bug), or returns something that is not a quality in [0, 1],
+fails the job at once with the reason (:func:`~router_ml.graders.attempt`). A failed job carries its reason and what
+its attempts cost; nothing is learned from it.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -29,31 +29,12 @@ from tqdm.auto import tqdm
 from router_ml.catalog import Catalog
 from router_ml.contracts import DataValidationError
 from router_ml.errors import InvalidInput
-from router_ml.graders import GradeFailed, Grader, GradeRequest, LLMJudge
+from router_ml.graders import Grader, GradeRequest, LLMJudge, Retry, attempt
 from serve.config import GraderConfig, GraderKind, ServeConfig
 
-MAX_BACKOFF_SECONDS = 60.0
-"""The longest wait between two attempts, whatever the backoff or a ``Retry-After`` asks."""
 KINDS: tuple[str, ...] = get_args(GraderKind)
 REFERENCE_CHECKS = frozenset({"exact", "regex", "numeric"})
 """The kinds that compare an answer with a ``reference``."""
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How often a job is tried, and how long to wait between attempts."""
-
-    max_attempts: int = 1
-    backoff_seconds: float = 2.0
-    max_backoff_seconds: float = MAX_BACKOFF_SECONDS
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """The wait after failed attempt number ``attempt`` (from 1): the backoff doubled ``attempt - 1`` times, or
-        ``retry_after`` if longer, capped at ``max_backoff_seconds``."""
-        wait_for = self.backoff_seconds * 2.0 ** (attempt - 1)
-        if retry_after is not None:
-            wait_for = max(wait_for, retry_after)
-        return min(wait_for, self.max_backoff_seconds)
 
 
 @dataclass(frozen=True)
@@ -86,7 +67,7 @@ def batch_grading(kind: str | None, config_path: Path | None, catalog_path: Path
     """The grader ``kind`` names (default: the config's ``[grader].kind``), configured by the ``[grader]`` and
     ``[upstream]`` sections of the service config at ``config_path``; a judge must be a model of the catalog at
     ``catalog_path`` with an upstream endpoint. Every mistake is an :class:`InvalidInput` naming the flag or field."""
-    from serve.judge import make_grader
+    from serve.judge import make_grader, retry_for
     from serve.upstream import resolve_upstreams
 
     if kind is not None and kind not in KINDS:
@@ -112,10 +93,7 @@ def batch_grading(kind: str | None, config_path: Path | None, catalog_path: Path
         raise InvalidInput("grade: --grader json-schema needs 'grader.schema' (a JSON Schema file) in --config")
     grader = make_grader(section, catalog, upstreams)
     assert grader is not None  # a kind is set
-    retry = Retry(1)  # a check's failure is final: it would fail again
-    if section.kind == "judge":
-        retry = Retry(section.max_attempts, section.backoff_seconds)
-    return BatchGrading(grader, retry, section.concurrency)
+    return BatchGrading(grader, retry_for(section), section.concurrency)
 
 
 @dataclass(frozen=True)
@@ -198,36 +176,19 @@ class Tally:
 
 
 def grade_one(grader: Grader, job: Job, retry: Retry, stop: threading.Event | None = None) -> Outcome:
-    """Grade one job, retrying a :class:`GradeFailed` as ``retry`` says; never raises (a failure is an outcome).
-    ``stop`` set (the batch was interrupted) ends the job before its next attempt."""
+    """Grade one job, trying again as ``retry`` says (:meth:`~router_ml.graders.Retry.again`); never raises (a
+    failure is an outcome). ``stop`` set (the batch was interrupted) ends the job before its next attempt."""
     stop = stop or threading.Event()
-    cost, reason = 0.0, ""
-    for attempt in range(1, retry.max_attempts + 1):
-        try:
-            grade = grader.grade(job.request)
-        except GradeFailed as exc:
-            cost += exc.cost_usd
-            reason = str(exc)
-            if attempt < retry.max_attempts and not stop.wait(retry.delay(attempt, exc.retry_after)):
-                continue
-            return _failed(job, cost, attempt, reason)
-        except Exception as exc:  # a grader's bug: retrying would fail the same way
-            return _failed(job, cost, attempt, f"{grader.name}: the grader raised {type(exc).__name__}: {exc}")
-        cost += _cost(grade.cost_usd)
-        quality = grade.quality
-        if isinstance(quality, bool) or not isinstance(quality, int | float) or not 0.0 <= quality <= 1.0:
-            return _failed(job, cost, attempt, f"{grader.name}: quality must be a number in [0, 1], got {quality!r}")
-        return Outcome(job.key, float(quality), grade.detail, cost, attempt)
-    return _failed(job, cost, retry.max_attempts, reason)  # max_attempts < 1: nothing was tried
-
-
-def _cost(value: object) -> float:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) and value >= 0 else 0.0
-
-
-def _failed(job: Job, cost: float, attempts: int, reason: str) -> Outcome:
-    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    return Outcome(job.key, None, f"failed after {tries}: {reason}", cost, attempts, reason)
+    cost, attempts = 0.0, 0
+    while True:
+        attempts += 1
+        tried = attempt(grader, job.request)
+        cost += tried.cost_usd
+        if tried.grade is not None:
+            return Outcome(job.key, float(tried.grade.quality), tried.grade.detail, cost, attempts)
+        if not retry.again(attempts, tried) or stop.wait(retry.delay(attempts, tried.retry_after)):
+            tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+            return Outcome(job.key, None, f"failed after {tries}: {tried.reason}", cost, attempts, tried.reason)
 
 
 def grade_many(

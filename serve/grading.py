@@ -11,10 +11,11 @@ durably, and learns from the grades as it does from a client's.
 3. **Grading** (:meth:`Grading.run`, a task beside the server): due jobs are claimed for a lease, graded on worker
    threads (``concurrency`` at a time), and the grade goes down the client's path
    (:meth:`~serve.learner.OnlineLearner.record_feedback`, ``source`` = judge or check, the grader's name and version
-   stored with it): committed once, then learned. A failed attempt (the judge down, slow, rate-limited, a verdict
-   that does not parse, a quality outside [0, 1], a grader that raises) is retried after ``backoff_seconds``,
-   doubling each time (a 429's ``Retry-After`` if longer), and after ``max_attempts`` the job ends ``failed`` with its
-   reason. Nothing is learned from a failed job.
+   stored with it): committed once, then learned. A judge's failed attempt (down, slow, rate-limited, a verdict that
+   does not parse) is retried after ``backoff_seconds``, doubling each time (a 429's ``Retry-After`` if longer, at
+   most a minute), and after ``max_attempts`` the job ends ``failed`` with its reason; a check that cannot grade, a
+   grader that raises, or a quality outside [0, 1] ends it at once (:func:`~router_ml.graders.attempt`,
+   :class:`~router_ml.graders.Retry`, the same rules as ``router-ml grade``). Nothing is learned from a failed job.
 4. **Restarts**: jobs live in the decision log (``grade_jobs``); a restarted service releases the claims of the
    process that died and grades what is pending. The grade and the job's end are one transaction, so a job is graded
    once; a job killed mid-call is judged again (that call may be paid twice).
@@ -49,16 +50,15 @@ from router_ml.decision_log import (
     GradeSource,
     NewGradeJob,
 )
-from router_ml.graders import GradeFailed, Grader, GradeRequest, LLMJudge
+from router_ml.graders import Attempt, Grader, GradeRequest, LLMJudge, Retry, attempt
 from router_ml.log_store import LogUnavailable
 from serve.config import GraderConfig
-from serve.judge import JUDGE_MAX_TOKENS
+from serve.judge import JUDGE_MAX_TOKENS, retry_for
 from serve.learner import OnlineLearner
 from serve.metrics import Metrics
 
 log = logging.getLogger("router_ml.serve.grading")
 
-MAX_BACKOFF_SECONDS = 3600.0
 POLL_SECONDS = 0.2
 
 
@@ -107,12 +107,14 @@ class Grading:
     """The judge model's prices (an LLM judge), to bound a call's cost."""
     seed: int = 0
     cap: SpendCap = field(init=False)
+    retry: Retry = field(init=False)
     clock: Callable[[], float] = time.time
     _rng: random.Random = field(init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.cap = SpendCap(self.config.spend_cap_usd_per_1k)
+        self.retry = retry_for(self.config)
         self._rng = random.Random(self.seed)
 
     @property
@@ -171,53 +173,51 @@ class Grading:
     async def _grade(self, job: GradeJob) -> None:
         request = GradeRequest(job.prompt, job.answer, job.reference)
         bound = self.bound(request)
-        try:
-            grade = await run_in_threadpool(self.grader.grade, request)
-        except GradeFailed as exc:
-            await self._failed(job, str(exc), exc.retry_after, exc.cost_usd, bound)
+        tried = await run_in_threadpool(attempt, self.grader, request)
+        if tried.grade is None:
+            await self._failed(job, tried, bound)
             return
-        except Exception as exc:  # a grader that raises anything else fails the attempt, never the service
-            await self._failed(job, f"{job.grader} raised {type(exc).__name__}: {exc}", None, 0.0, bound)
-            return
+        quality = tried.grade.quality
         try:
             await run_in_threadpool(
                 lambda: self.learner.record_feedback(
                     job.decision_id,
-                    grade.quality,
+                    quality,
                     None,
                     source=self.source,
                     grader=self.name,
-                    grading_cost_usd=grade.cost_usd,
+                    grading_cost_usd=tried.cost_usd,
                 )
             )
             state = "done"
         except DuplicateFeedback:
             await run_in_threadpool(
-                self.log.end_job, job.decision_id, "superseded", "the client graded it first", grade.cost_usd
+                self.log.end_job, job.decision_id, "superseded", "the client graded it first", tried.cost_usd
             )
             state = "superseded"
         except LogUnavailable:  # not committed: the claim lapses and the job is graded again
-            self.cap.settle(bound, grade.cost_usd, ended=False)
+            self.cap.settle(bound, tried.cost_usd, ended=False)
             return
-        self._spent(grade.cost_usd, bound, ended=True)
+        self._spent(tried.cost_usd, bound, ended=True)
         self.metrics.grade_jobs.labels(state).inc()
 
-    async def _failed(self, job: GradeJob, reason: str, retry_after: float | None, cost: float, bound: float) -> None:
+    async def _failed(self, job: GradeJob, tried: Attempt, bound: float) -> None:
         attempts = job.attempts + 1
-        ended = attempts >= self.config.max_attempts
-        log.warning("grade job %s attempt %d failed: %s", job.decision_id, attempts, reason[:300])
+        again = self.retry.again(attempts, tried)
+        log.warning("grade job %s attempt %d failed: %s", job.decision_id, attempts, tried.reason[:300])
         try:
-            if ended:
-                await run_in_threadpool(self.log.end_job, job.decision_id, "failed", reason, cost)
+            if again:
+                wait = self.retry.delay(attempts, tried.retry_after)
+                await run_in_threadpool(
+                    self.log.retry_job, job.decision_id, self.clock() + wait, tried.reason, tried.cost_usd
+                )
             else:
-                wait = min(self.config.backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF_SECONDS)
-                wait = max(wait, min(retry_after or 0.0, MAX_BACKOFF_SECONDS))
-                await run_in_threadpool(self.log.retry_job, job.decision_id, self.clock() + wait, reason, cost)
+                await run_in_threadpool(self.log.end_job, job.decision_id, "failed", tried.reason, tried.cost_usd)
         except LogUnavailable:
-            self.cap.settle(bound, cost, ended=False)
+            self.cap.settle(bound, tried.cost_usd, ended=False)
             return
-        self._spent(cost, bound, ended=ended)
-        self.metrics.grade_jobs.labels("failed" if ended else "retried").inc()
+        self._spent(tried.cost_usd, bound, ended=not again)
+        self.metrics.grade_jobs.labels("retried" if again else "failed").inc()
 
     def _spent(self, cost: float, bound: float, *, ended: bool) -> None:
         self.cap.settle(bound, cost, ended=ended)

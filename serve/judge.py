@@ -1,4 +1,5 @@
-"""The grader a service configuration names (``[grader]``), and the judge's call to its upstream.
+"""The grader a service configuration names (``[grader]``), how its jobs are retried, and the judge's call to its
+upstream.
 
 :func:`make_grader` builds the :class:`~router_ml.graders.Grader` of ``[grader]``: a reference or form check, or an
 :class:`~router_ml.graders.LLMJudge` whose ``complete`` is a :class:`JudgeClient`: one chat completion at
@@ -31,6 +32,7 @@ from router_ml.graders import (
     LLMJudge,
     NumericMatch,
     RegexMatch,
+    Retry,
 )
 from serve.config import ConfigError, GraderConfig
 from serve.upstream import Upstream, answer_usage, describe, message_text, strict_json
@@ -99,6 +101,14 @@ def retry_after(headers: httpx.Headers) -> float | None:
         except (TypeError, ValueError):
             return None
     return max(0.0, seconds) if seconds == seconds else None
+
+
+def retry_for(config: GraderConfig) -> Retry:
+    """How a job of ``config``'s grader is retried: a judge's failures may pass (``max_attempts``, ``backoff_seconds``);
+    a check gives the same answer every time, so its failure is final at once."""
+    if config.kind != "judge":
+        return Retry(1)
+    return Retry(config.max_attempts, config.backoff_seconds)
 
 
 def make_grader(

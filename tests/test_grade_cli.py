@@ -27,9 +27,9 @@ from router_ml.catalog import Catalog
 from router_ml.cli import main
 from router_ml.contracts import graded_only, load_benchmark, load_logs
 from router_ml.fullinfo import FullInfo
-from router_ml.graders import ExactMatch, Grade, GradeFailed, GradeRequest
+from router_ml.graders import ExactMatch, Grade, GradeFailed, GradeRequest, Retry
 from router_ml.simulate import simulate
-from serve.grade_batch import BatchGrading, Job, Retry, grade_one
+from serve.grade_batch import BatchGrading, Job, grade_one
 from serve.grade_progress import progress_path
 from tests.conftest import slice_benchmark
 from tests.judgekit import FakeJudgeUpstream, answer_text, prompt_key
