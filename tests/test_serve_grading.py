@@ -367,3 +367,38 @@ def test_with_a_judge_the_policy_learns_and_without_one_it_does_not(
     assert len(ungraded) == 1, "with nothing graded, no snapshot was taken"
     assert judged[0] == pytest.approx(ungraded[0]), "both started from the same policy"
     assert judged[-1] > ungraded[-1] + 0.05, (judged, ungraded)
+
+
+def test_client_grades_are_a_quality_a_thumb_or_a_rating_and_exactly_one(
+    home: Path, policy_artifact: PolicyArtifact, judge: FakeJudgeUpstream
+) -> None:
+    """``/v1/feedback`` takes one of quality, thumbs or rating (1-5, mapped to (r - 1) / 4); the signal is stored as
+    the grader; anything else is a 422 naming the field."""
+    with _serving(home, policy_artifact, judge, _grader("exact", sample_rate=0.0)) as s:
+        c = client(s)
+        ids = [_chat(c, PROMPTS[i]) for i in range(3)]
+        bad: list[dict[str, object]] = [{}, {"quality": 1.0, "thumbs": "up"}, {"rating": 6}, {"rating": 4.0},
+                                        {"thumbs": "sideways"}]
+        for body in bad:
+            r = c.post("/v1/feedback", json={"decision_id": ids[0], **body})
+            assert r.status_code == 422, (body, r.text)
+            assert any(word in r.text for word in ("quality", "rating", "thumbs")), r.text
+        good: list[dict[str, object]] = [{"rating": 4}, {"thumbs": "down"}, {"quality": 0.25}]
+        for decision_id, grade in zip(ids, good, strict=True):
+            assert c.post("/v1/feedback", json={"decision_id": decision_id, **grade}).status_code == 202
+        stored = {r["decision_id"]: (r["quality"], r["grader"]) for r in _rows(s, "SELECT * FROM feedback")}
+        assert stored == {ids[0]: (0.75, "client:rating-5"), ids[1]: (0.0, "client:thumbs"),
+                          ids[2]: (0.25, "client:quality")}
+        assert _jobs(s) == {}, "a sample rate of 0 grades nothing"
+
+
+def test_retry_after_is_read_as_seconds_or_a_date() -> None:
+    from email.utils import formatdate
+
+    from serve.judge import retry_after
+
+    assert retry_after(httpx.Headers({"retry-after": "7"})) == 7.0
+    assert 25 <= (retry_after(httpx.Headers({"retry-after": formatdate(time.time() + 30, usegmt=True)})) or 0) <= 30
+    assert retry_after(httpx.Headers({"retry-after": "soon"})) is None
+    assert retry_after(httpx.Headers({})) is None
+
