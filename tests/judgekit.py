@@ -20,15 +20,13 @@ import json
 import random
 import re
 import threading
-import time
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.servekit import free_port
+from tests.servekit import LoopbackServer
 
 _TAG = re.compile(r"answer \[([^|\]]+)\|([0-9a-f]+)\]")
 
@@ -58,7 +56,7 @@ def _completion(model: str, content: str, prompt_tokens: int, completion_tokens:
     }
 
 
-class FakeJudgeUpstream:
+class FakeJudgeUpstream(LoopbackServer):
     """A real HTTP server on 127.0.0.1 in a background thread: answers, and judges answers it gave."""
 
     def __init__(self, *, error_rate: float = 0.0, seed: int = 0, slow_seconds: float = 3.0) -> None:
@@ -70,24 +68,8 @@ class FakeJudgeUpstream:
         self.answered = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> FakeJudgeUpstream:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake judge upstream did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        super().__init__(Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])]),
+                         "fake judge upstream")
 
     def score(self, key: str, model: str) -> int:
         """The verdict on an answer: the known quality on 1-10, flipped with probability ``error_rate``."""
