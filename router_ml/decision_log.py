@@ -364,6 +364,13 @@ class DecisionLog:
         )
         return released
 
+    def pending_jobs(self) -> int:
+        """How many grade jobs are pending (an index on the state keeps this cheap)."""
+        return self._run(
+            lambda db: int(db.execute("SELECT count(*) FROM grade_jobs WHERE state = 'pending'").fetchone()[0]),
+            write=False,
+        )
+
     def job_counts(self) -> dict[str, int]:
         """Grade jobs by state (``pending``, ``done``, ``failed``, ``superseded``, ``skipped``)."""
         rows = self._run(

@@ -154,7 +154,7 @@ class Store:
         out = ["CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"]
         for table, columns in _COLUMNS.items():
             out.append(f"CREATE TABLE IF NOT EXISTS {table} ({key}, {columns.format(real=real, int=integer)})")
-        return out
+        return [*out, "CREATE INDEX IF NOT EXISTS grade_jobs_due ON grade_jobs (state, next_at)"]
 
 
 class _SqliteSession:

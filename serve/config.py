@@ -70,6 +70,7 @@
     max_attempts = 4          # then the job fails with its reason
     backoff_seconds = 2.0     # before the 2nd attempt, doubling after (a 429's Retry-After, if longer, wins)
     concurrency = 2           # jobs graded at once
+    max_pending = 10000       # a backlog this long (a slow or down judge) skips new samples until it shrinks
 
 Per-model endpoints may also come from the policy's catalog (``endpoint`` / ``api_key_env`` fields).
 """
@@ -221,6 +222,7 @@ class GraderConfig(_Section):
     max_attempts: PositiveInt = 4
     backoff_seconds: PositiveFloat = 2.0
     concurrency: PositiveInt = 2
+    max_pending: PositiveInt = 10000
 
 
 class ServeConfig(_Section):

@@ -5,10 +5,12 @@ durably, and learns from the grades as it does from a client's.
    policy sampled is drawn for grading with probability ``[grader] sample_rate``. A drawn decision gets a grade job,
    committed in the same transaction as the call's outcome: ``pending``, holding the answer (and the request's
    ``router_reference``) to grade; or ``skipped`` with its reason when judging it could break the spend cap.
-2. **Spend cap** (:class:`SpendCap`): what judging has cost, plus a bound on the cost of every job still pending,
+2. **Backlog** (``max_pending``): while that many jobs are pending (a judge that is slow or down), a drawn decision
+   is ``skipped`` too, so the answers kept for grading stay bounded.
+3. **Spend cap** (:class:`SpendCap`): what judging has cost, plus a bound on the cost of every job still pending,
    plus this job's bound, must stay within ``spend_cap_usd_per_1k`` per 1,000 routed requests. A judge call's bound
    is its prompt's tokens and :data:`~serve.judge.JUDGE_MAX_TOKENS` of verdict at the judge model's prices.
-3. **Grading** (:meth:`Grading.run`, a task beside the server): due jobs are claimed for a lease, graded on worker
+4. **Grading** (:meth:`Grading.run`, a task beside the server): due jobs are claimed for a lease, graded on worker
    threads (``concurrency`` at a time), and the grade goes down the client's path
    (:meth:`~serve.learner.OnlineLearner.record_feedback`, ``source`` = judge or check, the grader's name and version
    stored with it): committed once, then learned. A judge's failed attempt (down, slow, rate-limited, a verdict that
@@ -16,7 +18,7 @@ durably, and learns from the grades as it does from a client's.
    most a minute), and after ``max_attempts`` the job ends ``failed`` with its reason; a check that cannot grade, a
    grader that raises, or a quality outside [0, 1] ends it at once (:func:`~router_ml.graders.attempt`,
    :class:`~router_ml.graders.Retry`, the same rules as ``router-ml grade``). Nothing is learned from a failed job.
-4. **Restarts**: jobs live in the decision log (``grade_jobs``); a restarted service releases the claims of the
+5. **Restarts**: jobs live in the decision log (``grade_jobs``); a restarted service releases the claims of the
    process that died and grades what is pending. The grade and the job's end are one transaction, so a job is graded
    once; a job killed mid-call is judged again (that call may be paid twice).
 
@@ -109,6 +111,8 @@ class Grading:
     cap: SpendCap = field(init=False)
     retry: Retry = field(init=False)
     clock: Callable[[], float] = time.time
+    backlog: int = 0
+    """Pending jobs: counted in the log by the worker, plus those made since."""
     _rng: random.Random = field(init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -131,6 +135,7 @@ class Grading:
         """Pick up where the log is: ``routed`` requests so far and ``spent`` on grading; with ``release``, void the
         claims a killed process left (only when no other process grades from this log)."""
         self.cap.routed, self.cap.spent = routed, spent
+        self.backlog = self.log.pending_jobs()
         if release:
             self.log.release_claims()
 
@@ -150,6 +155,12 @@ class Grading:
             drawn = self._rng.random() < self.config.sample_rate
         if not drawn:
             return None
+        with self._lock:
+            full = self.backlog >= self.config.max_pending
+            self.backlog += 0 if full else 1
+        if full:
+            self.metrics.grade_jobs.labels("skipped").inc()
+            return NewGradeJob(self.name, None, skipped="the grading backlog is full")
         if not self.cap.reserve(self.bound(GradeRequest(record.prompt, answer, reference))):
             self.metrics.grade_jobs.labels("skipped").inc()
             return NewGradeJob(self.name, None, skipped="the judging spend cap")
@@ -161,6 +172,9 @@ class Grading:
         lease = 2 * self.config.timeout_seconds + 5.0
         while True:
             try:
+                backlog = await run_in_threadpool(self.log.pending_jobs)
+                with self._lock:
+                    self.backlog = backlog
                 jobs = await run_in_threadpool(self.log.claim_jobs, self.clock(), lease, self.config.concurrency)
             except LogUnavailable:
                 await asyncio.sleep(1.0)

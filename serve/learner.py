@@ -429,9 +429,11 @@ class OnlineLearner:
         return self._replay(start_seq(self.log, loaded), self.router, run)
 
     def close(self) -> None:
-        """Finish queued updates and registry work."""
-        self._policy.shutdown(wait=True)
+        """Finish queued updates and registry work: the updates first (one may start a snapshot), then the
+        registrations (each reports its version back to the policy thread), then the policy thread."""
+        self._policy.submit(lambda: None).result()
         self._registry.shutdown(wait=True)
+        self._policy.shutdown(wait=True)
         self._embedding.shutdown(wait=True)
 
 

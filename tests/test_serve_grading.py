@@ -232,6 +232,25 @@ def test_a_failing_judge_fails_its_jobs_and_teaches_nothing(
         assert spend["grading"]["total_usd"] == pytest.approx(garbage_cost)
 
 
+def test_the_backlog_of_pending_jobs_is_bounded(
+    home: Path, policy_artifact: PolicyArtifact, judge: FakeJudgeUpstream
+) -> None:
+    """With the judge down and ``max_pending = 5``, five jobs wait with their answers; later draws are skipped with
+    the reason and keep no answer."""
+    judge.mode = "down"
+    grader = _grader(sample_rate=1.0, max_pending=5, backoff_seconds=30.0)
+    with _serving(home, policy_artifact, judge, grader) as s:
+        c = client(s)
+        for i in range(20):
+            _chat(c, PROMPTS[i])
+        jobs = list(_jobs(s).values())
+    pending = [r for r in jobs if r["state"] == "pending"]
+    skipped = [r for r in jobs if r["state"] == "skipped"]
+    assert (len(pending), len(skipped)) == (5, 15)
+    assert all(r["answer"] is not None for r in pending) and all(r["answer"] is None for r in skipped)
+    assert {r["reason"] for r in skipped} == {"the grading backlog is full"}
+
+
 def test_a_slow_judge_does_not_slow_routing(
     home: Path, policy_artifact: PolicyArtifact, judge: FakeJudgeUpstream
 ) -> None:
