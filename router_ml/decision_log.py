@@ -364,6 +364,17 @@ class DecisionLog:
         )
         return released
 
+    def pending_requests(self) -> list[tuple[str, str, str | None]]:
+        """``(prompt, answer, reference)`` of every pending grade job (at start-up: what they may still cost)."""
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT d.prompt, j.answer, j.reference FROM grade_jobs j JOIN decisions d USING (decision_id)"
+                " WHERE j.state = 'pending'"
+            ).fetchall(),
+            write=False,
+        )
+        return [(str(p), str(a), r) for p, a, r in rows]
+
     def pending_jobs(self) -> int:
         """How many grade jobs are pending (an index on the state keeps this cheap)."""
         return self._run(

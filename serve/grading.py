@@ -134,8 +134,10 @@ class Grading:
     def start(self, routed: int, spent: float, *, release: bool) -> None:
         """Pick up where the log is: ``routed`` requests so far and ``spent`` on grading; with ``release``, void the
         claims a killed process left (only when no other process grades from this log)."""
+        pending = [GradeRequest(*found) for found in self.log.pending_requests()]
         self.cap.routed, self.cap.spent = routed, spent
-        self.backlog = self.log.pending_jobs()
+        self.cap.reserved = sum(self.bound(request) for request in pending)  # jobs from before still hold the cap
+        self.backlog = len(pending)
         if release:
             self.log.release_claims()
 
