@@ -92,10 +92,12 @@ class DualLambda:
         if not (math.isfinite(self.step) and self.step > 0):
             raise InvalidInput(f"budget: 'step' must be > 0, got {self.step}")
 
-    def observe(self, cost_usd: float) -> float:
-        """Take one call's cost; returns the new multiplier."""
+    def observe(self, cost_usd: float, *, calls: int = 1) -> float:
+        """Take one call's cost; returns the new multiplier. Spend that comes with no call of its own (``calls=0``:
+        grading an answer already counted) moves the multiplier up by its share of the target."""
         with self._lock:
-            gradient = min((cost_usd * 1000.0 - self.target_usd_per_1k) / self.target_usd_per_1k, MAX_GRADIENT)
+            excess = cost_usd * 1000.0 - calls * self.target_usd_per_1k
+            gradient = min(excess / self.target_usd_per_1k, MAX_GRADIENT)
             self.mu = max(0.0, self.mu + self.step * gradient)
             return self.mu
 

@@ -43,6 +43,9 @@ from router_ml.errors import InvalidInput, UnknownName
 from router_ml.log_store import DuplicateRow, Durability, LogUnavailable, Session, Store, open_store
 
 Outcome = Literal["answered", "cut", "disconnected", "failed"]
+GradeSource = Literal["client", "judge", "check"]
+"""Who graded a decision: the client (``POST /v1/feedback``), an LLM judge, or a check of the answer."""
+JobEnd = Literal["failed", "superseded"]
 CostBound = Callable[[str, str], float]
 """``(model, prompt) -> USD``: the most a call of ``model`` on ``prompt`` can cost."""
 T = TypeVar("T")
@@ -106,6 +109,30 @@ class GradedDecision:
     def learnable(self) -> bool:
         """True when the outcome belongs to the sampled model."""
         return self.answered_by is None or self.answered_by == self.model
+
+
+@dataclass(frozen=True)
+class NewGradeJob:
+    """A grade job recorded with a forwarded call's outcome: ``answer`` (and ``reference``) to grade, kept until the
+    job ends; or, when ``skipped`` gives the reason (the judging spend cap), a sampled decision left ungraded."""
+
+    grader: str
+    answer: str | None
+    reference: str | None = None
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class GradeJob:
+    """A pending grade job as the grading worker claims it."""
+
+    decision_id: str
+    prompt: str
+    model: str
+    answer: str
+    reference: str | None
+    attempts: int
+    grader: str
 
 
 def new_decision_id() -> str:
@@ -183,15 +210,36 @@ class DecisionLog:
         input_tokens: int,
         output_tokens: int,
         outcome: Outcome = "answered",
+        job: NewGradeJob | None = None,
     ) -> None:
-        """Commit how a forwarded call ended: the model that answered (``""``: none), its tokens and cost."""
-        self._run(
-            lambda db: db.execute(
+        """Commit how a forwarded call ended: the model that answered (``""``: none), its tokens and cost; and, in the
+        same transaction, the decision's grade job if it was sampled for grading."""
+
+        def work(db: Session) -> None:
+            db.execute(
                 "UPDATE decisions SET answered_by = ?, cost_usd = ?, input_tokens = ?, output_tokens = ?, outcome = ?"
                 " WHERE decision_id = ?",
                 (answered_by, cost_usd, input_tokens, output_tokens, outcome, decision_id),
             )
-        )
+            if job is not None:
+                now = time.time()
+                db.execute(
+                    "INSERT INTO grade_jobs (decision_id, created_at, state, grader, answer, reference, next_at,"
+                    " reason, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        decision_id,
+                        now,
+                        "skipped" if job.skipped else "pending",
+                        job.grader,
+                        None if job.skipped else job.answer,
+                        None if job.skipped else job.reference,
+                        now,
+                        job.skipped,
+                        now if job.skipped else None,
+                    ),
+                )
+
+        self._run(work)
 
     def interrupted(self) -> int:
         """Mark the calls still ``forwarding`` as ``interrupted`` (at start-up: the service stopped mid-call). No model
@@ -211,12 +259,20 @@ class DecisionLog:
         *,
         tenant: str | None = None,
         cost_bound: CostBound | None = None,
+        source: GradeSource = "client",
+        grader: str | None = None,
+        grading_cost_usd: float = 0.0,
     ) -> GradedDecision:
         """Commit the feedback of one decision and return the decision joined with it.
 
         With ``tenant``, a decision of another tenant is unknown. A ``cost_usd`` is refused for a forwarded
         call (its metered cost counts) and above ``cost_bound(model, prompt)``. Raises :class:`UnknownDecision`,
         :class:`DuplicateFeedback`, :class:`AnswerInFlight` or :class:`ClientCostRefused`; none writes anything.
+
+        ``source`` and ``grader`` (its name and version, or for a client the mapping used) are stored with the grade.
+        The first grade of a decision wins: a client's grade ends the decision's pending grade job (``superseded``);
+        a judge's or check's ends it ``done`` with what judging cost (``grading_cost_usd``), in the same transaction,
+        and drops the answer kept for it.
         """
 
         def work(db: Session) -> Sequence[Any]:
@@ -239,9 +295,15 @@ class DecisionLog:
                 )
             if db.execute("SELECT 1 FROM feedback WHERE decision_id = ?", (decision_id,)).fetchone() is not None:
                 raise DuplicateFeedback(f"decision '{decision_id}' already has feedback")
+            now = time.time()
             db.execute(
-                "INSERT INTO feedback (decision_id, received_at, quality, cost_usd) VALUES (?, ?, ?, ?)",
-                (decision_id, time.time(), quality, cost_usd),
+                "INSERT INTO feedback (decision_id, received_at, quality, cost_usd, source, grader)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (decision_id, now, quality, cost_usd, source, grader),
+            )
+            _end_job(
+                db, decision_id, "superseded" if source == "client" else "done", None, grading_cost_usd, now,
+                attempt=source != "client",
             )
             row: Sequence[Any] = db.execute(_GRADED + " WHERE f.decision_id = ?", (decision_id,)).fetchone()
             return row
@@ -250,6 +312,95 @@ class DecisionLog:
             return _graded(self._run(work))
         except DuplicateRow as exc:  # a race the check above lost: the constraint still allows one grade
             raise DuplicateFeedback(f"decision '{decision_id}' already has feedback") from exc
+
+    # -- grade jobs -------------------------------------------------------------------------------
+    def claim_jobs(self, now: float, lease_seconds: float, limit: int) -> list[GradeJob]:
+        """Up to ``limit`` pending jobs that are due and unclaimed (or whose claim lapsed), claimed for
+        ``lease_seconds``; a job another process claimed first is not returned."""
+
+        def work(db: Session) -> list[GradeJob]:
+            rows = db.execute(
+                "SELECT j.decision_id, d.prompt, d.model, j.answer, j.reference, j.attempts, j.grader"
+                " FROM grade_jobs j JOIN decisions d USING (decision_id)"
+                " WHERE j.state = 'pending' AND j.next_at <= ? AND (j.claimed_until IS NULL OR j.claimed_until < ?)"
+                " ORDER BY j.next_at LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            claimed = []
+            for row in rows:
+                taken = db.execute(
+                    "UPDATE grade_jobs SET claimed_until = ? WHERE decision_id = ? AND state = 'pending'"
+                    " AND (claimed_until IS NULL OR claimed_until < ?)",
+                    (now + lease_seconds, row[0], now),
+                ).rowcount
+                if taken == 1:
+                    claimed.append(GradeJob(str(row[0]), str(row[1]), str(row[2]), str(row[3]), row[4], int(row[5]),
+                                            str(row[6])))
+            return claimed
+
+        return self._run(work)
+
+    def retry_job(self, decision_id: str, next_at: float, reason: str, cost_usd: float = 0.0) -> None:
+        """Count a failed attempt (its reason and what it cost) and leave the job pending until ``next_at``."""
+        self._run(
+            lambda db: db.execute(
+                "UPDATE grade_jobs SET attempts = attempts + 1, next_at = ?, claimed_until = NULL, reason = ?,"
+                " cost_usd = cost_usd + ? WHERE decision_id = ? AND state = 'pending'",
+                (next_at, reason, cost_usd, decision_id),
+            )
+        )
+
+    def end_job(self, decision_id: str, state: JobEnd, reason: str | None, cost_usd: float = 0.0) -> None:
+        """End a pending job without a grade (``failed`` with its reason, or ``superseded`` by a client's grade) and
+        drop its answer; what the last attempt cost is added either way."""
+        self._run(lambda db: _end_job(db, decision_id, state, reason, cost_usd, time.time(), attempt=True))
+
+    def release_claims(self) -> int:
+        """Forget every claim (at start-up of the one process that grades: a killed one's claims are void)."""
+        released: int = self._run(
+            lambda db: db.execute(
+                "UPDATE grade_jobs SET claimed_until = NULL WHERE state = 'pending' AND claimed_until IS NOT NULL"
+            ).rowcount
+        )
+        return released
+
+    def pending_requests(self) -> list[tuple[str, str, str | None]]:
+        """``(prompt, answer, reference)`` of every pending grade job (at start-up: what they may still cost)."""
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT d.prompt, j.answer, j.reference FROM grade_jobs j JOIN decisions d USING (decision_id)"
+                " WHERE j.state = 'pending'"
+            ).fetchall(),
+            write=False,
+        )
+        return [(str(p), str(a), r) for p, a, r in rows]
+
+    def pending_jobs(self) -> int:
+        """How many grade jobs are pending (an index on the state keeps this cheap)."""
+        return self._run(
+            lambda db: int(db.execute("SELECT count(*) FROM grade_jobs WHERE state = 'pending'").fetchone()[0]),
+            write=False,
+        )
+
+    def job_counts(self) -> dict[str, int]:
+        """Grade jobs by state (``pending``, ``done``, ``failed``, ``superseded``, ``skipped``)."""
+        rows = self._run(
+            lambda db: db.execute("SELECT state, count(*) FROM grade_jobs GROUP BY state").fetchall(), write=False
+        )
+        return {str(k): int(v) for k, v in rows}
+
+    def grading_spend(self, tenant: str | None = None) -> dict[str, float]:
+        """What grading cost in USD per grader (name and version), optionally for one tenant's decisions."""
+        where, args = (" WHERE d.tenant = ?", (tenant,)) if tenant is not None else ("", ())
+        rows = self._run(
+            lambda db: db.execute(
+                "SELECT j.grader, sum(j.cost_usd) FROM grade_jobs j JOIN decisions d USING (decision_id)"
+                f"{where} GROUP BY 1 ORDER BY 1",
+                args,
+            ).fetchall(),
+            write=False,
+        )
+        return {str(k): float(v) for k, v in rows if v}
 
     def mark(self, key: str) -> int:
         """The feedback sequence number stored under ``key``, storing the current one the first time."""
@@ -319,7 +470,8 @@ class DecisionLog:
         return {str(k): float(v) for k, v in rows}
 
     def to_frame(self, *, include_fallback: bool = False) -> pl.DataFrame:
-        """Decisions and feedback as the logged-traffic table (ungraded decisions have null quality).
+        """Decisions and feedback as the logged-traffic table (ungraded decisions have null quality); who graded
+        each decision is in ``grade_source`` (client, judge, check) and ``grader``.
 
         Decisions a fallback answered are left out unless ``include_fallback``: their outcome is not the
         sampled model's.
@@ -328,12 +480,12 @@ class DecisionLog:
         rows = self._run(
             lambda db: db.execute(
                 "SELECT d.decision_id, d.created_at, d.prompt, d.model, d.candidates, d.propensity, f.quality,"
-                f" {_COST}, d.policy_version, d.tenant, d.lam, d.answered_by"
+                f" {_COST}, d.policy_version, d.tenant, d.lam, d.answered_by, f.source, f.grader"
                 " FROM decisions d LEFT JOIN feedback f USING (decision_id)" + where + " ORDER BY d.seq"
             ).fetchall(),
             write=False,
         )
-        cols: list[tuple[Any, ...]] = list(zip(*rows)) if rows else [() for _ in range(12)]
+        cols: list[tuple[Any, ...]] = list(zip(*rows)) if rows else [() for _ in range(14)]
         frame = pl.DataFrame(
             {
                 "event_id": pl.Series(cols[0], dtype=pl.String),
@@ -348,6 +500,8 @@ class DecisionLog:
                 "tenant": pl.Series(cols[9], dtype=pl.String),
                 "lam": pl.Series(cols[10], dtype=pl.Float64),
                 "answered_by": pl.Series(cols[11], dtype=pl.String),
+                "grade_source": pl.Series(cols[12], dtype=pl.String),
+                "grader": pl.Series(cols[13], dtype=pl.String),
             }
         )
         return frame
@@ -368,6 +522,21 @@ _GRADED = (
     f" {_COST}, d.answered_by, d.created_at, f.received_at"
     " FROM feedback f JOIN decisions d USING (decision_id)"
 )
+
+
+def _end_job(
+    db: Session, decision_id: str, state: str, reason: str | None, cost: float, now: float, *, attempt: bool
+) -> None:
+    """End the decision's job if it is pending (answer and reference dropped); add ``cost``, and one attempt if one
+    was made, whatever its state."""
+    db.execute(
+        "UPDATE grade_jobs SET cost_usd = cost_usd + ?, attempts = attempts + ?,"
+        " state = CASE WHEN state = 'pending' THEN ? ELSE state END,"
+        " reason = CASE WHEN state = 'pending' THEN ? ELSE reason END,"
+        " ended_at = CASE WHEN state = 'pending' THEN ? ELSE ended_at END,"
+        " answer = NULL, reference = NULL, claimed_until = NULL WHERE decision_id = ?",
+        (cost, int(attempt), state, reason, now, decision_id),
+    )
 
 
 def _graded(row: Sequence[Any]) -> GradedDecision:

@@ -30,7 +30,14 @@ from router_ml.errors import InvalidInput, RouterMLError
 
 
 class GradeFailed(RouterMLError):
-    """A grader could not grade; the message is the reason (it is logged with the failed job)."""
+    """A grader could not grade; the message is the reason (it is logged with the failed job).
+
+    ``retry_after`` is how long the grader's backend asked to be left alone (a 429's ``Retry-After``), in seconds;
+    ``cost_usd`` what the failed attempt still cost (a judge paid for an answer it could not parse)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, cost_usd: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after, self.cost_usd = retry_after, cost_usd
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,15 @@ class Grade:
 class Grader(Protocol):
     """Grades one answer; raises :class:`GradeFailed` when it cannot."""
 
-    name: str
-    version: str
+    @property
+    def name(self) -> str:
+        """The grader's kind (``judge``, ``exact``, ...), logged with each grade."""
+        ...
+
+    @property
+    def version(self) -> str:
+        """Changes whenever the grader could grade the same answer differently (a judge's model and prompt)."""
+        ...
 
     def grade(self, request: GradeRequest) -> Grade:
         """The answer's quality, or :class:`GradeFailed`."""
@@ -199,6 +213,66 @@ class JsonSchemaValid:
         return Grade(1.0, self.name, self.version, "valid against the schema")
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One try at grading: the grade, or why there is none (``reason``), what the try cost, and whether another try
+    may succeed (a :class:`GradeFailed`: a judge that was down, slow, rate-limited for ``retry_after`` seconds, or
+    answered garbage) or never will (a grader that raised anything else, or gave something that is not a quality)."""
+
+    grade: Grade | None
+    reason: str = ""
+    cost_usd: float = 0.0
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+def attempt(grader: Grader, request: GradeRequest) -> Attempt:
+    """Try ``grader`` once on ``request``; never raises."""
+    try:
+        grade = grader.grade(request)
+    except GradeFailed as exc:
+        return Attempt(None, str(exc), _usd(exc.cost_usd), retryable=True, retry_after=exc.retry_after)
+    except Exception as exc:  # a grader's bug: trying again would fail the same way
+        return Attempt(None, f"{grader.name}: the grader raised {type(exc).__name__}: {exc}")
+    if not isinstance(grade, Grade):
+        return Attempt(None, f"{grader.name}: the grader returned {type(grade).__name__}, not a Grade")
+    quality = grade.quality  # a Grade checks its quality; a grader may still have bypassed the check
+    if isinstance(quality, bool) or not isinstance(quality, int | float) or not 0.0 <= quality <= 1.0:
+        reason = f"{grader.name}: quality must be a number in [0, 1], got {quality!r}"
+        return Attempt(None, reason, _usd(grade.cost_usd))
+    return Attempt(grade, cost_usd=_usd(grade.cost_usd))
+
+
+def _usd(value: object) -> float:
+    """A cost as reported, or 0 if it is not a finite amount >= 0."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) and value >= 0 else 0.0
+
+
+MAX_BACKOFF_SECONDS = 60.0
+"""The longest wait between two attempts, whatever the backoff or a ``Retry-After`` asks."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often a grade job is tried, and how long to wait between attempts."""
+
+    max_attempts: int = 1
+    backoff_seconds: float = 2.0
+    max_backoff_seconds: float = MAX_BACKOFF_SECONDS
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """The wait after failed attempt number ``attempt`` (from 1): the backoff doubled ``attempt - 1`` times, or
+        ``retry_after`` if longer, capped at ``max_backoff_seconds``."""
+        wait_for = self.backoff_seconds * 2.0 ** (attempt - 1)
+        if retry_after is not None:
+            wait_for = max(wait_for, retry_after)
+        return min(wait_for, self.max_backoff_seconds)
+
+    def again(self, attempts: int, tried: Attempt) -> bool:
+        """Is the job tried again after ``attempts`` attempts, the last one ``tried``?"""
+        return tried.grade is None and tried.retryable and attempts < self.max_attempts
+
+
 RUBRIC = """You are grading an AI assistant's answer to a user's request. Judge how well the answer serves the
 request: correctness first, then completeness, clarity and concision. Score on an absolute scale from 1 (useless or
 wrong) to 10 (fully correct and as good as an expert's answer).{reference_note}
@@ -253,7 +327,10 @@ class LLMJudge:
 
     def grade(self, request: GradeRequest) -> Grade:
         reply, cost = self.complete(self.prompt_for(request))
-        score, rationale = parse_verdict(reply)
+        try:
+            score, rationale = parse_verdict(reply)
+        except GradeFailed as exc:  # the call was paid for all the same
+            raise GradeFailed(str(exc), cost_usd=cost) from exc
         return Grade((score - 1) / 9, self.name, self.version, rationale, cost_usd=cost)
 
 

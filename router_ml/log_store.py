@@ -14,7 +14,8 @@ version. ``location`` picks the engine: a ``postgresql://`` URL, else a file pat
 
 **Schema versions.** ``meta.schema_version`` holds the version; opening a log applies every migration after it in
 order, in one transaction, and refuses a log written by a newer router-ml. Version 1 had no ``decisions.outcome``;
-version 2 (current) has it.
+version 2 added it; version 3 (current) adds ``feedback.source`` and ``feedback.grader`` (who graded) and the
+``grade_jobs`` table (the background grading's durable jobs, :mod:`serve.grading`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Literal, Protocol
 from router_ml.errors import RouterMLError
 
 Durability = Literal["full", "normal"]
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _FEEDBACK_LOCK = 7_365_001
 _SCHEMA_LOCK = 7_365_002
 LEARNER_LOCK = 7_365_003
@@ -67,11 +68,21 @@ _COLUMNS = {
     ),
     "feedback": (
         "decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(decision_id), received_at {real} NOT NULL,"
-        " quality {real} NOT NULL, cost_usd {real}"
+        " quality {real} NOT NULL, cost_usd {real}, source TEXT, grader TEXT"
+    ),
+    "grade_jobs": (
+        "decision_id TEXT NOT NULL UNIQUE REFERENCES decisions(decision_id), created_at {real} NOT NULL,"
+        " state TEXT NOT NULL, grader TEXT NOT NULL, answer TEXT, reference TEXT, attempts {int} NOT NULL DEFAULT 0,"
+        " next_at {real} NOT NULL, claimed_until {real}, reason TEXT, cost_usd {real} NOT NULL DEFAULT 0,"
+        " ended_at {real}"
     ),
 }
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: ("ALTER TABLE decisions ADD COLUMN outcome TEXT",)}
-"""Statements that take a log from version ``k`` to ``k + 1``."""
+_MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
+    1: (("decisions", "outcome TEXT"),),
+    2: (("feedback", "source TEXT"), ("feedback", "grader TEXT")),
+}
+"""The ``(table, column definition)`` pairs that take a log from version ``k`` to ``k + 1``; a column is added only
+where the table lacks it (a table the log did not have yet was just created whole)."""
 
 
 class Store:
@@ -107,21 +118,25 @@ class Store:
 
         def work(s: Session) -> str:
             self.lock_schema(s)
+            fresh = not self.columns(s, "decisions")
             for statement in self.ddl():
                 s.execute(statement)
             row = s.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is not None:
                 version = int(row[0])
-            else:  # a log from before versions: version 1 had no outcome column
-                version = SCHEMA_VERSION if "outcome" in self.columns(s, "decisions") else 1
+            elif fresh:
+                version = SCHEMA_VERSION
+            else:  # a log from before versions: 1 (no outcome column) or 2 (the first to write its version)
+                version = 2 if "outcome" in self.columns(s, "decisions") else 1
             if version > SCHEMA_VERSION:
                 raise LogUnavailable(
                     f"decision log {self.where} has schema version {version}; this router-ml reads up to "
                     f"{SCHEMA_VERSION}: upgrade router-ml"
                 )
             for step in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[step]:
-                    s.execute(statement)
+                for table, column in _MIGRATIONS[step]:
+                    if column.split()[0] not in self.columns(s, table):
+                        s.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
             s.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
@@ -139,7 +154,7 @@ class Store:
         out = ["CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"]
         for table, columns in _COLUMNS.items():
             out.append(f"CREATE TABLE IF NOT EXISTS {table} ({key}, {columns.format(real=real, int=integer)})")
-        return out
+        return [*out, "CREATE INDEX IF NOT EXISTS grade_jobs_due ON grade_jobs (state, next_at)"]
 
 
 class _SqliteSession:

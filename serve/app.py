@@ -210,17 +210,19 @@ class RelayResponse(StreamingResponse):
 # -- the app ------------------------------------------------------------------------------------
 def create_app(service: Service) -> FastAPI:
     """The FastAPI app over a built :class:`Service`: the endpoints, the error mapping, the body and measuring
-    middleware, and the maintenance task for the app's lifetime."""
+    middleware, and the background tasks (maintenance, grading) for the app's lifetime."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(service.maintain())
+        tasks = [asyncio.create_task(work) for work in service.background()]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await service.close()
 
     app = FastAPI(

@@ -7,15 +7,18 @@ Every bound is here (prompt length, cost weight, list sizes) so that bad input i
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router_ml.errors import InvalidInput
+from router_ml.graders import rating, thumbs
 
 MAX_PROMPT_CHARS = 200_000
 MAX_LAMBDA = 1e6
 ROUTER_MODEL = "router"
+EXTENSIONS = frozenset({"router_lambda", "router_candidates", "router_reference"})
+"""The request fields the router reads and does not forward."""
 Text = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -49,12 +52,34 @@ class RouteResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """The grade of one decision's answer, and for a route-only decision optionally what the call cost."""
+    """The grade of one decision's answer, and for a route-only decision optionally what the call cost.
+
+    The grade is one of: ``quality`` in [0, 1]; ``thumbs`` ``"up"`` (1) or ``"down"`` (0); ``rating`` 1-5, mapped
+    to ``(rating - 1) / 4`` (:func:`router_ml.graders.rating`). Which one the client sent is stored with the grade.
+    """
 
     model_config = ConfigDict(extra="forbid")
     decision_id: Text
-    quality: float = Field(ge=0, le=1, allow_inf_nan=False)
+    quality: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    thumbs: Literal["up", "down"] | None = None
+    rating: int | None = Field(default=None, ge=1, le=5, strict=True)
     cost_usd: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_grade(self) -> FeedbackRequest:
+        given = [name for name in ("quality", "thumbs", "rating") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise InvalidInput(f"'quality': give exactly one of quality, thumbs or rating (got {given or 'none'})")
+        return self
+
+    def graded(self) -> tuple[float, str]:
+        """The quality in [0, 1] and the signal it came from (``quality``, ``thumbs`` or ``rating-5``)."""
+        if self.thumbs is not None:
+            return thumbs(self.thumbs == "up"), "thumbs"
+        if self.rating is not None:
+            return rating(self.rating), "rating-5"
+        assert self.quality is not None
+        return self.quality, "quality"
 
 
 class ChatMessage(BaseModel):
@@ -66,8 +91,9 @@ class ChatMessage(BaseModel):
 class ChatRequest(BaseModel):
     """An OpenAI chat completion request; ``model`` must be ``router``. Other fields pass through.
 
-    Two optional extensions (``extra_body`` in the OpenAI SDK): ``router_lambda``, the cost weight of this
-    request (also the ``x-router-lambda`` header), and ``router_candidates``, the models it may use.
+    Optional extensions (``extra_body`` in the OpenAI SDK), never forwarded: ``router_lambda``, the cost weight of
+    this request (also the ``x-router-lambda`` header); ``router_candidates``, the models it may use; and
+    ``router_reference``, a reference answer for the reference checks of background grading (:mod:`serve.grading`).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -76,6 +102,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     router_lambda: float | None = Field(default=None, ge=0, le=MAX_LAMBDA, allow_inf_nan=False)
     router_candidates: list[Text] | None = Field(default=None, min_length=1, max_length=1000)
+    router_reference: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     user: Text | None = None
 
     @model_validator(mode="before")

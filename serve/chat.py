@@ -13,7 +13,15 @@ from typing import Any
 
 from router_ml.decision_log import DecisionRecord
 from router_ml.policy import Decision
-from serve.bodies import MAX_LAMBDA, MAX_PROMPT_CHARS, ROUTER_MODEL, ChatRequest, conversation_text, header_lambda
+from serve.bodies import (
+    EXTENSIONS,
+    MAX_LAMBDA,
+    MAX_PROMPT_CHARS,
+    ROUTER_MODEL,
+    ChatRequest,
+    conversation_text,
+    header_lambda,
+)
 from serve.service import Service
 from serve.upstream import ClientError, Relay, UpstreamFailed
 
@@ -76,11 +84,11 @@ class ChatFlow:
         lam = self.cost_weight(req.router_lambda, lambda_header)
         text = self.conversation(req)
         record = await self.service.decide(text, offered, lam, tenant, forwarded=True)
-        body = req.model_dump(exclude={"router_lambda", "router_candidates"}, exclude_none=True)
+        body = req.model_dump(exclude=set(EXTENSIONS), exclude_none=True)
         try:
             if req.stream:
-                return await self.stream(record, body, text, include_usage=req.include_usage())
-            return await self.answer(record, body, text)
+                return await self.stream(record, body, text, req.router_reference, include_usage=req.include_usage())
+            return await self.answer(record, body, text, req.router_reference)
         except UpstreamFailed as exc:
             self.count_fallbacks(exc.failures)
             await self.service.failed(record)
@@ -126,11 +134,14 @@ class ChatFlow:
         return text
 
     # -- forward, stream, meter -----------------------------------------------------------------
-    async def answer(self, record: DecisionRecord, body: dict[str, Any], text: str) -> ChatAnswer:
-        """A whole answer from the first model down the ranking that gives one, metered."""
+    async def answer(
+        self, record: DecisionRecord, body: dict[str, Any], text: str, reference: str | None
+    ) -> ChatAnswer:
+        """A whole answer from the first model down the ranking that gives one, metered (and perhaps sampled for
+        grading, with ``reference``)."""
         answer = await self.service.forwarder.complete(fallback_order(record), body, text)
         self.count_fallbacks(answer.failures)
-        cost = await self.service.metered(record, answer.model, answer.usage, "answered")
+        cost = await self.service.metered(record, answer.model, answer.usage, "answered", answer.text, reference)
         headers = decision_headers(record) | {
             "x-router-model": answer.model,
             "x-router-fallbacks": str(len(answer.failures)),
@@ -139,9 +150,10 @@ class ChatFlow:
         return ChatAnswer(answer.body, headers)
 
     async def stream(
-        self, record: DecisionRecord, body: dict[str, Any], text: str, *, include_usage: bool
+        self, record: DecisionRecord, body: dict[str, Any], text: str, reference: str | None, *, include_usage: bool
     ) -> ChatStream:
-        """A stream from the first model down the ranking that starts one; metered when it ends."""
+        """A stream from the first model down the ranking that starts one; metered (and perhaps sampled for grading,
+        with ``reference``) when it ends."""
         relay = await self.service.forwarder.stream(fallback_order(record), body, text, include_usage=include_usage)
         self.count_fallbacks(relay.failures)
         headers = decision_headers(record) | {
@@ -150,7 +162,8 @@ class ChatFlow:
         }
 
         async def finished(ended: Relay) -> None:
-            await self.service.metered(record, ended.model, ended.usage, ended.outcome or "disconnected")
+            outcome = ended.outcome or "disconnected"
+            await self.service.metered(record, ended.model, ended.usage, outcome, ended.text, reference)
 
         return ChatStream(relay, finished, headers)
 

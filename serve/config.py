@@ -57,6 +57,21 @@
     api_key_env = "EXAMPLE_KEY"
     upstream_model = "claude-3-5-sonnet-20241022"
 
+    [grader]                  # omit for no grading (see docs/SERVING.md, "Grading")
+    kind = "judge"            # judge | exact | regex | numeric | json | json-schema
+    judge_model = "gpt-4o"    # kind = "judge": a catalog model with an upstream endpoint
+    template = ""             # kind = "judge": a file holding the judge prompt ({prompt}, {answer}); default rubric
+    schema = ""               # kind = "json-schema": a file holding the JSON Schema
+    rel_tol = 1e-6            # kind = "numeric": relative and absolute tolerance
+    abs_tol = 0.0
+    sample_rate = 0.1         # grade this fraction of answered chat completions, drawn at random
+    spend_cap_usd_per_1k = 0.2   # judge spend per 1,000 routed requests; omit for none
+    timeout_seconds = 30.0    # one grading attempt
+    max_attempts = 4          # then the job fails with its reason
+    backoff_seconds = 2.0     # before the 2nd attempt, doubling after (a 429's Retry-After, if longer, wins)
+    concurrency = 2           # jobs graded at once
+    max_pending = 10000       # a backlog this long (a slow or down judge) skips new samples until it shrinks
+
 Per-model endpoints may also come from the policy's catalog (``endpoint`` / ``api_key_env`` fields).
 """
 
@@ -67,7 +82,7 @@ import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -188,6 +203,28 @@ class UpstreamConfig(_Section):
     models: dict[str, UpstreamModel] = Field(default_factory=dict)
 
 
+GraderKind = Literal["judge", "exact", "regex", "numeric", "json", "json-schema"]
+_NON_NEGATIVE = _rule(lambda v: math.isfinite(v) and v >= 0, "be >= 0")
+
+
+class GraderConfig(_Section):
+    """What grades answered chat completions in the background (:mod:`serve.grading`); no ``kind``: nothing does."""
+
+    kind: GraderKind | None = None
+    judge_model: str = ""
+    template: str = ""
+    schema_: str = Field(default="", alias="schema")
+    rel_tol: Annotated[float, _NON_NEGATIVE] = 1e-6
+    abs_tol: Annotated[float, _NON_NEGATIVE] = 0.0
+    sample_rate: Annotated[float, _rule(lambda v: 0 <= v <= 1, "lie in [0, 1]")] = 0.1
+    spend_cap_usd_per_1k: PositiveFloat | None = None
+    timeout_seconds: PositiveFloat = 30.0
+    max_attempts: PositiveInt = 4
+    backoff_seconds: PositiveFloat = 2.0
+    concurrency: PositiveInt = 2
+    max_pending: PositiveInt = 10000
+
+
 class ServeConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     policy: PolicySource = Field(default_factory=PolicySource)
@@ -197,6 +234,7 @@ class ServeConfig(_Section):
     savings: SavingsConfig = Field(default_factory=SavingsConfig)
     target: TargetConfig = Field(default_factory=TargetConfig)
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    grader: GraderConfig = Field(default_factory=GraderConfig)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
 
     @classmethod
@@ -225,6 +263,7 @@ class ServeConfig(_Section):
     def _fields_that_depend_on_others(self) -> ServeConfig:
         """The checks that span fields: the quality floor's settings, tenant names, where the log is."""
         _check_target(self.target)
+        _check_grader(self.grader)
         for name, tenant in self.tenants.items():
             if not _TENANT_NAME.fullmatch(name) or name == DEFAULT_TENANT:
                 raise ConfigError(
@@ -249,6 +288,16 @@ def _check_target(t: TargetConfig) -> None:
         raise ConfigError(f"config: 'target.floor_step' must lie in (0, 1), got {t.floor_step}")
     if t.floor_every <= 0:
         raise ConfigError(f"config: 'target.floor_every' must be > 0, got {t.floor_every}")
+
+
+def _check_grader(g: GraderConfig) -> None:
+    """A judge needs its model, a JSON-Schema check its schema; the other kinds' fields are not for them."""
+    if g.kind == "judge" and not g.judge_model:
+        raise ConfigError("config: 'grader.judge_model' must name the catalog model that judges (kind = \"judge\")")
+    if g.kind == "json-schema" and not g.schema_:
+        raise ConfigError("config: 'grader.schema' must name a file holding the JSON Schema (kind = \"json-schema\")")
+    if g.kind != "judge" and (g.judge_model or g.template):
+        raise ConfigError("config: 'grader.judge_model' and 'grader.template' are for kind = \"judge\"")
 
 
 _TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}

@@ -42,7 +42,7 @@ from router_ml import mlflow_schema
 from router_ml.artifacts import PolicyArtifact
 from router_ml.bounded import ByteLRU
 from router_ml.cost_model import estimate_tokens
-from router_ml.decision_log import CostBound, DecisionLog, GradedDecision
+from router_ml.decision_log import CostBound, DecisionLog, GradedDecision, GradeSource
 from router_ml.operating import OperatingPoint
 from router_ml.policy import Decision
 from router_ml.registry import PolicyRef, PolicyRegistry, VersionInfo, load_policy
@@ -161,15 +161,28 @@ class OnlineLearner:
         *,
         tenant: str | None = None,
         cost_bound: CostBound | None = None,
+        source: GradeSource = "client",
+        grader: str | None = None,
+        grading_cost_usd: float = 0.0,
     ) -> GradedDecision:
         """Commit feedback to the log and queue the update (call from a worker thread, not the event loop).
+        A client's grade and a grader's (``source``, ``grader``: :mod:`serve.grading`) take this one path.
 
         The commit and the queueing happen under one lock, so updates reach the policy thread in sequence
         order. ``tenant`` and ``cost_bound`` are checked by :meth:`DecisionLog.record_feedback`. The update goes
         with its prompt's embedding: the memo's, or (when the memo let it go) computed here, on this thread.
         """
         with self._seq_lock:
-            graded = self.log.record_feedback(decision_id, quality, cost_usd, tenant=tenant, cost_bound=cost_bound)
+            graded = self.log.record_feedback(
+                decision_id,
+                quality,
+                cost_usd,
+                tenant=tenant,
+                cost_bound=cost_bound,
+                source=source,
+                grader=grader,
+                grading_cost_usd=grading_cost_usd,
+            )
             with self._memo_lock:
                 embedded = self._memo.pop(decision_id)
             if not self.learns:  # a router replica only commits: the learner reads the grade from the log
@@ -416,9 +429,11 @@ class OnlineLearner:
         return self._replay(start_seq(self.log, loaded), self.router, run)
 
     def close(self) -> None:
-        """Finish queued updates and registry work."""
-        self._policy.shutdown(wait=True)
+        """Finish queued updates and registry work: the updates first (one may start a snapshot), then the
+        registrations (each reports its version back to the policy thread), then the policy thread."""
+        self._policy.submit(lambda: None).result()
         self._registry.shutdown(wait=True)
+        self._policy.shutdown(wait=True)
         self._embedding.shutdown(wait=True)
 
 

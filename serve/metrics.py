@@ -20,7 +20,7 @@ OTHER = "other"
 
 
 class Metrics:
-    """Requests, latency, choices, spend, feedback lag, learner state."""
+    """Requests, latency, choices, spend, feedback lag, learner state, background grading."""
 
     def __init__(self, *, tenants: Iterable[str] = (), models: Iterable[str] = ()) -> None:
         self._tenants, self._models = frozenset(tenants), frozenset(models)
@@ -49,6 +49,17 @@ class Metrics:
         )
         self.graded = Gauge("router_savings_graded", "graded decisions in the savings estimate", registry=r)
         self.floor = Gauge("router_quality_floor_factor", "the quality floor's factor on the cost weight", registry=r)
+        self.grade_jobs = Counter(
+            "router_grade_jobs",
+            "background grading: jobs made (pending, skipped by the spend cap), retried, and ended (done, failed, "
+            "superseded by a client's grade)",
+            ["state"],
+            registry=r,
+        )
+        self.grading_spend = Counter(
+            "router_grading_spend_usd", "what grading (an LLM judge) cost in USD, apart from routed spend", ["grader"],
+            registry=r,
+        )
 
     def show_savings(self, report: SavingsReport, floor_factor: float) -> None:
         """Set the savings gauges from a report (unbounded interval ends are left out)."""

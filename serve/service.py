@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from router_ml.router import Router
 from serve.auth import Keys, Principal
 from serve.bodies import FeedbackRequest, RouteRequest
 from serve.config import ServeConfig
+from serve.grading import Grading
 from serve.learner import OnlineLearner
 from serve.metrics import Metrics
 from serve.upstream import Forwarder, Usage
@@ -71,6 +73,8 @@ class Service:
     keys: Keys
     floor: QualityFloor | None = None
     role: Role = "all"
+    grading: Grading | None = None
+    """Background grading of a sample of answered chat completions (``[grader]``), or None."""
     releases: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     """What the service holds until it closes (the learner lock)."""
 
@@ -129,6 +133,8 @@ class Service:
                 raise Refused(422, f"'candidates': model(s) not in the catalog: {unknown[:5]}")
         effective = self.effective_lambda(lam)
         at_lam, point = self.serving(lam)
+        if self.grading is not None:
+            self.grading.cap.route()
         tokens = estimate_tokens(prompt)
         embedding = await run_in_threadpool(router.embed, prompt)
         decision_id = new_decision_id()
@@ -158,11 +164,19 @@ class Service:
 
     # -- grading and metering -------------------------------------------------------------------
     async def grade(self, req: FeedbackRequest, tenant: str) -> GradedDecision:
-        """``POST /v1/feedback``: commit a grade of the key's own tenant's decision and queue the update."""
+        """``POST /v1/feedback``: commit a grade of the key's own tenant's decision and queue the update. The first
+        grade of a decision wins (a client's or a grader's, :mod:`serve.grading`); a second gets 409."""
+        quality, signal = req.graded()
         try:
             graded = await run_in_threadpool(
                 lambda: self.learner.record_feedback(
-                    req.decision_id, req.quality, req.cost_usd, tenant=tenant, cost_bound=self.cost_bound
+                    req.decision_id,
+                    quality,
+                    req.cost_usd,
+                    tenant=tenant,
+                    cost_bound=self.cost_bound,
+                    source="client",
+                    grader=f"client:{signal}",
                 )
             )
         except UnknownDecision as exc:
@@ -178,9 +192,21 @@ class Service:
             self.spent(graded.model, tenant, req.cost_usd)
         return graded
 
-    async def metered(self, record: DecisionRecord, answered_by: str, usage: Usage, outcome: Outcome) -> float:
-        """Commit how a forwarded call ended and what it cost; feed spend, budget and length estimates."""
+    async def metered(
+        self,
+        record: DecisionRecord,
+        answered_by: str,
+        usage: Usage,
+        outcome: Outcome,
+        answer: str = "",
+        reference: str | None = None,
+    ) -> float:
+        """Commit how a forwarded call ended and what it cost, with its grade job if an ``answered`` call is sampled
+        for grading (``answer``: its text; ``reference``: the request's); feed spend, budget and length estimates."""
         cost = self.router.policy.catalog.spec(answered_by).cost_usd(usage.input_tokens, usage.output_tokens)
+        job = None
+        if self.grading is not None and outcome == "answered":
+            job = self.grading.job_for(record, answered_by, answer, reference)
         await run_in_threadpool(
             self.log.record_usage,
             record.decision_id,
@@ -189,6 +215,7 @@ class Service:
             usage.input_tokens,
             usage.output_tokens,
             outcome,
+            job,
         )
         self.spent(answered_by, record.tenant, cost)
         if outcome == "answered":
@@ -227,7 +254,8 @@ class Service:
         return f"decision log unavailable: {fault}" if fault else None
 
     async def spend(self, who: Principal) -> dict[str, Any]:
-        """``GET /v1/spend``: by model and by cost source, a tenant's own, or for an admin every tenant's."""
+        """``GET /v1/spend``: routed spend by model and by cost source, a tenant's own, or for an admin every tenant's;
+        and apart from it, what grading cost (``grading``, by grader)."""
         found: dict[str, Any] = {
             "by_model": await run_in_threadpool(self.log.spend, "model", who.tenant),
             "by_source": await run_in_threadpool(self.log.spend, "source", who.tenant),
@@ -236,6 +264,8 @@ class Service:
             found["by_tenant"] = await run_in_threadpool(self.log.spend, "tenant")
         else:
             found["tenant"] = who.tenant
+        judged = await run_in_threadpool(self.log.grading_spend, who.tenant)
+        found["grading"] = {"by_grader": judged, "total_usd": sum(judged.values())}
         return found | {
             "lambda": self.effective_lambda(None),
             "budget_usd_per_1k": self.config.budget.target_usd_per_1k,
@@ -278,6 +308,10 @@ class Service:
             moved = await run_in_threadpool(self.learner.refresh) or moved
         if moved:
             log.info("reloaded: now serving %s", self.learner.version)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """What runs beside the server for its lifetime: maintenance, and grading if configured."""
+        return [self.maintain(), *([self.grading.run()] if self.grading is not None else [])]
 
     async def close(self) -> None:
         await self.forwarder.aclose()

@@ -18,10 +18,12 @@ from router_ml.router import Router
 from router_ml.savings import LiveSavings
 from serve.auth import Keys
 from serve.config import ConfigError, ServeConfig
+from serve.grading import Grading
+from serve.judge import make_grader
 from serve.learner import Loaded, OnlineLearner, resolve_start
 from serve.metrics import Metrics
 from serve.service import Role, Service
-from serve.upstream import Forwarder, resolve_upstreams
+from serve.upstream import Forwarder, Upstream, resolve_upstreams
 
 log = logging.getLogger("router_ml.serve")
 
@@ -60,18 +62,44 @@ def build_service(
         caught_up = learner.start(loaded)
     if caught_up:
         log.info("learned %d feedback rows committed after version %s", caught_up, loaded.version)
-    forwarder = Forwarder(
-        resolve_upstreams(learner.router.policy.catalog, config.upstream), config.upstream, transport=transport
-    )
+    upstreams = resolve_upstreams(learner.router.policy.catalog, config.upstream)
+    forwarder = Forwarder(upstreams, config.upstream, transport=transport)
     target = config.budget.target_usd_per_1k
     budget = DualLambda(target, config.budget.step) if target is not None else None
+    grading = start_grading(config, learner, decision_log, upstreams, budget, sole=role == "all")
     t = config.target
     floor = (
         QualityFloor(t.quality_floor, t.floor_step, t.floor_min_graded, t.floor_every)
         if t.quality_floor is not None
         else None
     )
-    return Service(config, learner, decision_log, forwarder, learner.metrics, budget, keys, floor, role, releases)
+    return Service(
+        config, learner, decision_log, forwarder, learner.metrics, budget, keys, floor, role, grading, releases
+    )
+
+
+def start_grading(
+    config: ServeConfig,
+    learner: OnlineLearner,
+    decision_log: DecisionLog,
+    upstreams: dict[str, Upstream],
+    budget: DualLambda | None,
+    *,
+    sole: bool,
+) -> Grading | None:
+    """The background grading ``[grader]`` asks for (None without a ``kind``), picking up the log's pending jobs
+    (``sole``: this process is the only one grading, so claims left by a killed one are void now)."""
+    catalog = learner.router.policy.catalog
+    grader = make_grader(config.grader, catalog, upstreams)
+    if grader is None:
+        return None
+    judge = catalog.spec(config.grader.judge_model) if config.grader.kind == "judge" else None
+    grading = Grading(
+        config.grader, grader, decision_log, learner, learner.metrics, budget, judge, seed=config.learning.seed
+    )
+    with _starting("grade jobs"):
+        grading.start(decision_log.counts()["decisions"], sum(decision_log.grading_spend().values()), release=sole)
+    return grading
 
 
 def _claim_learning(decision_log: DecisionLog, releases: contextlib.ExitStack) -> None:

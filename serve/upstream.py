@@ -110,6 +110,11 @@ class Answer:
     usage: Usage
     failures: list[Failure]
 
+    @property
+    def text(self) -> str:
+        """The first choice's message text ("" when it has none)."""
+        return message_text(self.body) or ""
+
 
 class Forwarder:
     """Sends chat completions to upstreams in ranking order until one answers."""
@@ -152,7 +157,7 @@ class Forwarder:
             try:
                 resp = await self._client.send(self._request(up, {**body, "stream": False}))
             except httpx.HTTPError as exc:
-                failures.append(Failure(up.model, _describe(exc)))
+                failures.append(Failure(up.model, describe(exc)))
                 continue
             if resp.status_code in RETRYABLE:
                 failures.append(Failure(up.model, f"HTTP {resp.status_code}"))
@@ -167,7 +172,7 @@ class Forwarder:
             if not isinstance(answer, dict):
                 failures.append(Failure(up.model, "answer is not a JSON object"))
                 continue
-            usage = _usage(answer, prompt_text)
+            usage = answer_usage(answer, prompt_text)
             if usage is None:
                 failures.append(Failure(up.model, "answer's usage is not a count of tokens"))
                 continue
@@ -195,7 +200,7 @@ class Forwarder:
                 chunks = resp.aiter_bytes()
                 first = await anext(chunks)
             except (httpx.HTTPError, StopAsyncIteration) as exc:
-                failures.append(Failure(up.model, _describe(exc) if isinstance(exc, httpx.HTTPError) else "empty"))
+                failures.append(Failure(up.model, describe(exc) if isinstance(exc, httpx.HTTPError) else "empty"))
                 if resp is not None:
                     await resp.aclose()
                 continue
@@ -228,6 +233,12 @@ class Relay:
         self._resp, self._first, self._rest = resp, first, rest
         self._include_usage = include_usage
         self._chars = 0
+        self._parts: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """The answer's text relayed so far."""
+        return "".join(self._parts)
 
     async def events(self) -> AsyncIterator[bytes]:
         """The client's server-sent events; however the stream ends, the upstream response is closed."""
@@ -281,6 +292,7 @@ class Relay:
                 content = choice["delta"].get("content")
                 if isinstance(content, str):
                     self._chars += len(content)
+                    self._parts.append(content)
         if isinstance(msg.get("usage"), dict):
             metered = _metered(msg["usage"])
             if metered is not None:
@@ -331,7 +343,7 @@ def _metered(raw: dict[str, Any]) -> tuple[int, int] | None:
     return (int(counts[0]), int(counts[1])) if ok else None  # type: ignore[arg-type]
 
 
-def _usage(answer: dict[str, Any], prompt_text: str) -> Usage | None:
+def answer_usage(answer: dict[str, Any], prompt_text: str) -> Usage | None:
     """The usage of a complete answer (estimated from text when it has none); None if it has an invalid one."""
     usage = Usage(input_tokens=estimate_tokens(prompt_text))
     raw = answer.get("usage")
@@ -351,7 +363,16 @@ def _usage(answer: dict[str, Any], prompt_text: str) -> Usage | None:
     return usage
 
 
-def _describe(exc: BaseException) -> str:
+def message_text(answer: Any) -> str | None:
+    """The first choice's message text of a chat completion, or None."""
+    try:
+        content = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
+
+
+def describe(exc: BaseException) -> str:
     """A failure's kind, without the URL or headers (which may carry secrets)."""
     if isinstance(exc, httpx.TimeoutException):
         return "timeout before the first byte"

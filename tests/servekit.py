@@ -32,7 +32,7 @@ import tomllib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import uvicorn
@@ -111,8 +111,32 @@ async def _chat(request: Request) -> Response:
     return Response(text, media_type="application/json")
 
 
-class FakeUpstream:
-    """A real HTTP server on 127.0.0.1 in a background thread."""
+class LoopbackServer:
+    """An ASGI app served by uvicorn on a free 127.0.0.1 port in a background thread, for as long as the block runs."""
+
+    def __init__(self, app: Starlette, name: str = "loopback server") -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+class FakeUpstream(LoopbackServer):
+    """The fake OpenAI-compatible upstream (behaviours in the module docstring)."""
 
     def __init__(self) -> None:
         app = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"])])
@@ -120,23 +144,7 @@ class FakeUpstream:
         app.state.commands = {}
         self.calls: list[str] = app.state.calls
         self.commands: dict[str, str] = app.state.commands  # e.g. {"ok-gpt-4o": "cut"}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> FakeUpstream:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake upstream did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        super().__init__(app, "fake upstream")
 
 
 def champion(home: Path, artifact: PolicyArtifact) -> tuple[str, PolicyRegistry]:

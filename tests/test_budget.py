@@ -120,3 +120,11 @@ def test_dual_lambda_holds_a_budget() -> None:
     assert budget.mu > 0
     with pytest.raises(ValueError, match="target_usd_per_1k"):
         DualLambda(target_usd_per_1k=0)
+
+
+def test_spend_without_a_call_of_its_own_counts_against_the_budget() -> None:
+    """Judging an answer costs money but routes nothing: at calls=0 it only pushes the multiplier up, by its share of
+    the target; the same amount as a call of its own (calls=1) is exactly on target and moves nothing."""
+    judged, routed = DualLambda(target_usd_per_1k=1.0, step=0.1), DualLambda(target_usd_per_1k=1.0, step=0.1)
+    assert judged.observe(0.0005, calls=0) == pytest.approx(0.1 * 0.5)
+    assert routed.observe(0.001) == 0.0

@@ -151,6 +151,35 @@ def test_the_schema_is_versioned_and_old_logs_are_migrated(tmp_path: Path) -> No
         DecisionLog(tmp_path / "old.sqlite")
 
 
+def test_a_version_2_log_gains_who_graded_and_the_grade_jobs(tmp_path: Path) -> None:
+    """A log written before grading (version 2: feedback without source and grader, no grade_jobs) is migrated in
+    place: its grades stay, with no source; new grades and jobs are written."""
+    path = tmp_path / "v2.sqlite"
+    log = DecisionLog(path)
+    old = record()
+    log.record_decision(old)
+    log.record_feedback(old.decision_id, 0.5)
+    log.close()
+    v2 = sqlite3.connect(path)
+    v2.executescript(
+        "ALTER TABLE feedback DROP COLUMN source; ALTER TABLE feedback DROP COLUMN grader; DROP TABLE grade_jobs;"
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+    )
+    v2.close()
+    log = DecisionLog(path)
+    new = replace(record(), forwarded=True)
+    log.record_decision(new)
+    log.record_usage(new.decision_id, "a", 0.001, 10, 5, job=dlog.NewGradeJob("exact:1", "the answer", "the answer"))
+    (job,) = log.claim_jobs(time.time(), 30.0, 10)
+    assert (job.decision_id, job.answer, job.reference) == (new.decision_id, "the answer", "the answer")
+    log.record_feedback(new.decision_id, 1.0, source="check", grader="exact:1")
+    frame = log.to_frame()
+    log.close()
+    who = dict(zip(frame["event_id"], zip(frame["grade_source"], frame["grader"], strict=True), strict=True))
+    assert who == {old.decision_id: (None, None), new.decision_id: ("check", "exact:1")}
+    assert sqlite3.connect(path).execute("SELECT state, answer FROM grade_jobs").fetchall() == [("done", None)]
+
+
 def test_replicas_share_one_postgresql_log_and_a_grade_is_taken_once(postgres_server: PostgresServer) -> None:
     """Two logs on one database (two replicas): the same id, and of 16 concurrent grades of one decision spread over
     both, exactly one is accepted. Meanwhile a reader that advances past every sequence number it sees misses none:

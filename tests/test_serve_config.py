@@ -51,6 +51,14 @@ def test_bad_config_names_the_field(tmp_path: Path, text: str, field: str) -> No
         ({"savings": {"level": 1}}, "config: 'savings.level' must lie in [0.5, 1), got 1"),
         ({"target": {"quality_floor": 0.1, "floor_min_graded": 1}}, "config: 'target.floor_min_graded' must be >= 2"),
         ({"log": {"durability": "sometimes"}}, "config: 'log.durability' must be 'full' or 'normal', got 'sometimes'"),
+        # the grader: its kind, its rates, and the fields a kind needs
+        ({"grader": {"kind": "vibes"}}, "config: 'grader.kind' must be 'judge', 'exact', 'regex', 'numeric'"),
+        ({"grader": {"kind": "exact", "sample_rate": 1.5}}, "config: 'grader.sample_rate' must lie in [0, 1], got 1.5"),
+        ({"grader": {"kind": "judge"}}, "config: 'grader.judge_model' must name the catalog model that judges"),
+        ({"grader": {"kind": "json-schema"}}, "config: 'grader.schema' must name a file holding the JSON Schema"),
+        ({"grader": {"kind": "exact", "judge_model": "gpt-4o"}}, "config: 'grader.judge_model' and 'grader.template'"),
+        ({"grader": {"kind": "numeric", "rel_tol": -1.0}}, "config: 'grader.rel_tol' must be >= 0, got -1.0"),
+        ({"grader": {"spend_cap_usd_per_1k": 0.0}}, "config: 'grader.spend_cap_usd_per_1k' must be > 0, got 0.0"),
     ],
 )
 def test_each_mistake_is_one_line_naming_the_dotted_field(doc: dict[str, object], message: str) -> None:
