@@ -31,6 +31,16 @@ from training.day_one import day_one_policy
 
 DEFAULT = "llama-3.1-8b-instruct"
 SHARE, BUDGET, LAM = 0.2, 0.05, 0.01
+# The HTTP stream's spend cap, in USD per 1,000 requests. The synthetic tests below hold the prior to a tight cap
+# (BUDGET); the stream's log is also what the DR promotion gate is evaluated on, and a cap that tight starves it. At
+# $0.05 (gpt-4o costs ~$6 per 1k) the stream explored ~1.5% of its traffic, the smallest logged propensities were
+# 0.001-0.005, the importance weights reached ~1,000 and the effective sample size was ~30 of 2,000 events. Over 40
+# seeded offline replicas of the stream (served sequentially, the same gate), the rule never trusted the router in 3
+# and the gate's margin (the challenger's lower bound minus the holder's estimate) was +0.24 +- 0.24: 8 refused,
+# those 3 among them. At $0.50 the cap still lowers the exploration share on about a third of the requests, the
+# smallest propensities are ~0.01, the weights stay under ~70, the effective sample size is ~150 and the margin is
+# +0.28 +- 0.06 (min +0.13 over 40 replicas: none refused, the rule trusted in every one).
+STREAM_BUDGET = 0.5
 STREAM = 2000
 SNAPSHOT_EVERY = 500
 
@@ -164,7 +174,7 @@ def day_one(
     embedder: CachedEmbedder,
     embedding_cache_dir: Path,
 ) -> Iterator[DayOne]:
-    """`router-ml init` (default llama-3.1-8b-instruct, exploration share 0.2, $0.05 per 1k), `router-ml serve`, and a
+    """`router-ml init` (default llama-3.1-8b-instruct, exploration share 0.2, $0.50 per 1k), `router-ml serve`, and a
     stream of 2,000 requests routed over HTTP by 4 clients, each graded by the benchmark with its cost."""
     home = tmp_path_factory.mktemp("dayone")
     (home / "embeddings.sqlite").symlink_to(embedding_cache_dir / "embeddings.sqlite")
@@ -173,7 +183,8 @@ def day_one(
     mp.setenv(settings.HOME_ENV, str(home))
     try:
         catalog = _catalog(home / "my.toml", MODELS)
-        flags = ["--default", DEFAULT, "--explore-share", str(SHARE), "--explore-budget-usd-per-1k", str(BUDGET)]
+        flags = ["--default", DEFAULT, "--explore-share", str(SHARE), "--explore-budget-usd-per-1k",
+                 str(STREAM_BUDGET)]
         code = main(["init", "--catalog", str(catalog), *flags, "--lam", str(LAM), "--min-graded", "100",
                      "--promote", "--tracking-uri", uri])
         assert code == 0
@@ -236,7 +247,7 @@ def test_a_day_one_stream_over_http_learns_within_its_caps(day_one: DayOne) -> N
     assert state["default"] == DEFAULT and state["graded"] == STREAM
     assert state["explored_share"] <= SHARE
     # the cap bounds the expected spend: the realized spend stays within sampling noise of it
-    assert state["explore_spend_per_1k"] <= BUDGET + 3 * state["explore_spend_per_1k_se"], state
+    assert state["explore_spend_per_1k"] <= STREAM_BUDGET + 3 * state["explore_spend_per_1k_se"], state
     # trust came when the advantage's lower bound passed zero; the rule keeps it while the upper bound stays above zero
     assert state["trusted"] and state["advantage"]["high"] > 0, state
 
