@@ -382,13 +382,6 @@ class DecisionLog:
             write=False,
         )
 
-    def job_counts(self) -> dict[str, int]:
-        """Grade jobs by state (``pending``, ``done``, ``failed``, ``superseded``, ``skipped``)."""
-        rows = self._run(
-            lambda db: db.execute("SELECT state, count(*) FROM grade_jobs GROUP BY state").fetchall(), write=False
-        )
-        return {str(k): int(v) for k, v in rows}
-
     def grading_spend(self, tenant: str | None = None) -> dict[str, float]:
         """What grading cost in USD per grader (name and version), optionally for one tenant's decisions."""
         where, args = (" WHERE d.tenant = ?", (tenant,)) if tenant is not None else ("", ())

@@ -24,7 +24,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from router_ml.errors import InvalidInput, RouterMLError
 
@@ -82,6 +82,20 @@ class Grader(Protocol):
     def grade(self, request: GradeRequest) -> Grade:
         """The answer's quality, or :class:`GradeFailed`."""
         ...
+
+
+GraderKind = Literal["judge", "check"]
+"""What kind of grader graded: an LLM judge, or a check of the answer (stored as a grade's ``source``)."""
+
+
+def label(grader: Grader) -> str:
+    """``name:version``, stored with each grade the grader gives."""
+    return f"{grader.name}:{grader.version}"
+
+
+def kind_of(grader: Grader) -> GraderKind:
+    """``judge`` for a model's verdict, ``check`` for a reference or form check."""
+    return "judge" if grader.name == LLMJudge.name else "check"
 
 
 def _reference(request: GradeRequest, grader: str) -> str:

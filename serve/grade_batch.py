@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from router_ml.catalog import Catalog
 from router_ml.contracts import DataValidationError
 from router_ml.errors import InvalidInput
-from router_ml.graders import Grader, GradeRequest, LLMJudge, Retry, attempt
+from router_ml.graders import Grader, GradeRequest, LLMJudge, Retry, attempt, kind_of, label
 from serve.config import GraderConfig, GraderKind, ServeConfig
 
 KINDS: tuple[str, ...] = get_args(GraderKind)
@@ -48,12 +48,12 @@ class BatchGrading:
     @property
     def grader_id(self) -> str:
         """``name:version``, written with each grade."""
-        return f"{self.grader.name}:{self.grader.version}"
+        return label(self.grader)
 
     @property
     def source(self) -> str:
         """``judge`` for a model's verdict, ``check`` for a reference or form check."""
-        return "judge" if self.grader.name == "judge" else "check"
+        return kind_of(self.grader)
 
     def close(self) -> None:
         """Close the judge's connection pool, if it has one."""

@@ -49,10 +49,9 @@ from router_ml.decision_log import (
     DecisionRecord,
     DuplicateFeedback,
     GradeJob,
-    GradeSource,
     NewGradeJob,
 )
-from router_ml.graders import Attempt, Grader, GradeRequest, LLMJudge, Retry, attempt
+from router_ml.graders import Attempt, Grader, GradeRequest, LLMJudge, Retry, attempt, kind_of, label
 from router_ml.log_store import LogUnavailable
 from serve.config import GraderConfig
 from serve.judge import JUDGE_MAX_TOKENS, retry_for
@@ -124,12 +123,7 @@ class Grading:
     @property
     def name(self) -> str:
         """The grader's name and version, as stored with its grades."""
-        return f"{self.grader.name}:{self.grader.version}"
-
-    @property
-    def source(self) -> GradeSource:
-        """``judge`` for an LLM judge, ``check`` for a check of the answer."""
-        return "judge" if isinstance(self.grader, LLMJudge) else "check"
+        return label(self.grader)
 
     def start(self, routed: int, spent: float, *, release: bool) -> None:
         """Pick up where the log is: ``routed`` requests so far and ``spent`` on grading; with ``release``, void the
@@ -200,7 +194,7 @@ class Grading:
                     job.decision_id,
                     quality,
                     None,
-                    source=self.source,
+                    source=kind_of(self.grader),
                     grader=self.name,
                     grading_cost_usd=tried.cost_usd,
                 )

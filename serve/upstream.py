@@ -232,7 +232,6 @@ class Relay:
         self.outcome: StreamOutcome | None = None
         self._resp, self._first, self._rest = resp, first, rest
         self._include_usage = include_usage
-        self._chars = 0
         self._parts: list[str] = []
 
     @property
@@ -291,7 +290,6 @@ class Relay:
             if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
                 content = choice["delta"].get("content")
                 if isinstance(content, str):
-                    self._chars += len(content)
                     self._parts.append(content)
         if isinstance(msg.get("usage"), dict):
             metered = _metered(msg["usage"])
@@ -310,7 +308,8 @@ class Relay:
         if self.outcome is None:
             self.outcome = "disconnected"
         if not self.usage.metered:
-            self.usage.output_tokens = max(1, round(self._chars / 4)) if self._chars else 0
+            chars = sum(len(part) for part in self._parts)
+            self.usage.output_tokens = max(1, round(chars / 4)) if chars else 0
         await self._resp.aclose()
 
 
