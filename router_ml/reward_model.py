@@ -122,7 +122,7 @@ def _network(d: int, k: int, hidden: int) -> torch.nn.Module:
 
 
 def _output_layer(net: torch.nn.Module) -> torch.nn.Linear:
-    layer = net if isinstance(net, torch.nn.Linear) else net[-1]  # type: ignore[index]
+    layer = net if isinstance(net, torch.nn.Linear) else net[-1]
     assert isinstance(layer, torch.nn.Linear)
     return layer
 
@@ -344,7 +344,7 @@ def _train(
         for start in range(0, order.numel(), cfg.batch_size):
             loss = loss_of(order[start : start + cfg.batch_size])
             optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             optimizer.step()
         if valid_rows.numel() == 0:
             continue
