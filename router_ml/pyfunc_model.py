@@ -15,7 +15,7 @@ from mlflow.pyfunc.model import PythonModel
 POLICY_ARTIFACT = "policy"
 
 
-class RouterModel(PythonModel):
+class RouterModel(PythonModel):  # type: ignore[misc]  # mlflow is read as Any
     """Loads the policy folder and its embedder; predicts greedily."""
 
     def load_context(self, context: Any) -> None:

@@ -38,15 +38,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from router_ml.errors import InvalidInput
 from router_ml.features import Featurizer
 from router_ml.torch_embed import torch_threads
+
+if TYPE_CHECKING:  # torch is imported where a model is fitted, not by every process that imports the estimators
+    import torch
 
 Loss = Literal["auto", "logistic", "squared"]
 Weighting = Literal["none", "inverse_propensity"]
@@ -107,6 +109,7 @@ class FitReport:
 @contextmanager
 def _threads(requested: int | None) -> Iterator[None]:
     """Run torch on ``torch_threads(requested)`` threads inside the block, then restore the previous count."""
+    import torch
     previous = torch.get_num_threads()
     torch.set_num_threads(torch_threads(requested))
     try:
@@ -116,13 +119,15 @@ def _threads(requested: int | None) -> Iterator[None]:
 
 
 def _network(d: int, k: int, hidden: int) -> torch.nn.Module:
+    import torch
     if hidden == 0:
         return torch.nn.Linear(d, k)
     return torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, k))
 
 
 def _output_layer(net: torch.nn.Module) -> torch.nn.Linear:
-    layer = net if isinstance(net, torch.nn.Linear) else net[-1]  # type: ignore[index]
+    import torch
+    layer = net if isinstance(net, torch.nn.Linear) else net[-1]
     assert isinstance(layer, torch.nn.Linear)
     return layer
 
@@ -189,6 +194,8 @@ class RewardModel:
         target = (y - center) / scale
 
         train, valid = _split_by_prompt(embeddings, cfg.validation_fraction, cfg.seed)
+        import torch
+
         with _threads(cfg.threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             net = _network(x.shape[1], n_actions, cfg.hidden)
@@ -201,6 +208,8 @@ class RewardModel:
         """``r_hat(x, a)`` for every row of ``embeddings`` and every action: shape ``(n, n_actions)``."""
         x = self.featurizer.dense(embeddings)
         out = np.empty((x.shape[0], self.n_actions), dtype=np.float64)
+        import torch
+
         with _threads(self.config.threads), torch.no_grad():
             for start in range(0, x.shape[0], _PREDICT_CHUNK):
                 z = self._net(torch.from_numpy(x[start : start + _PREDICT_CHUNK]))
@@ -298,6 +307,8 @@ def _init_bias(
     if logistic:
         means = np.clip(means, 1e-3, 1 - 1e-3)
         means = np.log(means / (1 - means))
+    import torch
+
     with torch.no_grad():
         layer.weight.mul_(0.1)
         layer.bias.copy_(torch.from_numpy(means.astype(np.float32)))
@@ -319,6 +330,8 @@ def _train(
     Returns (epochs run, best epoch, its validation loss); without validation every epoch runs
     and the last is kept.
     """
+    import torch
+
     xt = torch.from_numpy(x)
     at = torch.from_numpy(actions.astype(np.int64))
     yt = torch.from_numpy(target.astype(np.float32))
@@ -344,7 +357,7 @@ def _train(
         for start in range(0, order.numel(), cfg.batch_size):
             loss = loss_of(order[start : start + cfg.batch_size])
             optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             optimizer.step()
         if valid_rows.numel() == 0:
             continue

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from router_ml.artifacts import PolicyArtifact
 from router_ml.cost_model import estimate_tokens
-from router_ml.embed import Embedder, EmbeddingCache
+from router_ml.embed import Embedder, VectorStore
 from router_ml.encoders import build_embedder
 from router_ml.operating import OperatingPoint
 from router_ml.policy import Decision, Policy
@@ -30,7 +30,7 @@ class Router:
 
     @classmethod
     def from_artifact(
-        cls, artifact: PolicyArtifact, *, version: str = "local", cache: EmbeddingCache | None = None
+        cls, artifact: PolicyArtifact, *, version: str = "local", cache: VectorStore | None = None
     ) -> Router:
         """The policy with the embedder it was trained with."""
         return cls(artifact.policy, build_embedder(artifact.embedder, cache=cache), version)

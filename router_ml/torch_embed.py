@@ -37,7 +37,7 @@ class SentenceTransformerEmbedder:
         import transformers
         from sentence_transformers import SentenceTransformer
 
-        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        transformers.utils.logging.disable_progress_bar()
 
         path = Path(model_path) if model_path is not None else default_model_path()
         if not (path / "config.json").exists() and not (path / "modules.json").exists():

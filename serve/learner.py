@@ -43,6 +43,7 @@ from router_ml.artifacts import PolicyArtifact
 from router_ml.bounded import ByteLRU
 from router_ml.cost_model import estimate_tokens
 from router_ml.decision_log import CostBound, DecisionLog, GradedDecision, GradeSource
+from router_ml.embed import MemoryCache
 from router_ml.operating import OperatingPoint
 from router_ml.policy import Decision
 from router_ml.registry import PolicyRef, PolicyRegistry, VersionInfo, load_policy
@@ -57,6 +58,13 @@ T = TypeVar("T")
 MEMO_BYTES = 32 << 20
 """Bound of the embeddings kept between a decision and its feedback (about 20,000 of MiniLM's 384 floats); the
 least recently decided leave first, and their feedback embeds the prompt again."""
+ROUTE_MEMO_BYTES = 16 << 20
+"""Bound of the recently routed prompts' embeddings (about 10,000): a prompt routed again is not embedded again."""
+
+
+def routing(artifact: PolicyArtifact, version: str) -> Router:
+    """The router that serves ``artifact``: its policy and its embedder, behind a memo of recent prompts."""
+    return Router.from_artifact(artifact, version=version, cache=MemoryCache(ROUTE_MEMO_BYTES))
 
 Embedding = npt.NDArray[np.float32]
 Embedded = tuple[Embedding, str]
@@ -339,7 +347,7 @@ class OnlineLearner:
         router = (
             Router(loaded.artifact.policy, self.router.embedder, loaded.version)
             if same_embedder
-            else Router.from_artifact(loaded.artifact, version=loaded.version)
+            else routing(loaded.artifact, loaded.version)
         )
         if self.learns:
             self._replay(start_seq(self.log, loaded), router, lambda embedded: self._swap(loaded, router, embedded))

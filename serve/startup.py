@@ -20,7 +20,7 @@ from serve.auth import Keys
 from serve.config import ConfigError, ServeConfig
 from serve.grading import Grading
 from serve.judge import make_grader
-from serve.learner import Loaded, OnlineLearner, resolve_start
+from serve.learner import Loaded, OnlineLearner, resolve_start, routing
 from serve.metrics import Metrics
 from serve.service import Role, Service
 from serve.upstream import Forwarder, Upstream, resolve_upstreams
@@ -124,7 +124,7 @@ def load_learner(
     registry = PolicyRegistry(config.policy.tracking_uri or None)
     ref = PolicyRef.parse(config.policy.ref)
     loaded = resolve_start(registry, ref, decision_log)
-    router = Router.from_artifact(loaded.artifact, version=loaded.version)
+    router = routing(loaded.artifact, loaded.version)
     learner = OnlineLearner(
         loaded,
         router,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from filelock import FileLock
 
 from router_ml import settings
 from router_ml.artifacts import PolicyArtifact
@@ -27,11 +28,33 @@ from tests.servekit import BODY_TIMEOUT, MODELS, FakeUpstream, InProcessServer, 
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+SLOWEST_FIRST = (
+    "test_scale", "test_serve_grading", "test_batch_embed", "test_estimators", "test_day_one", "test_notebooks",
+    "test_serve", "test_deploy", "test_evaluate", "test_cli", "test_serve_savings",
+)
+"""The slowest test files, slowest first (measured on 2 cores)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the slowest files first, each file's tests in their own order: `make test`'s workers (``pytest -n 2
+    --dist loadfile``) take one file at a time in this order, so the run does not end waiting on a long file."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder every process of this run shares: under ``pytest -n N`` the workers' common temp root, so the
+    ONNX model is exported and each test prompt embedded once per run, not once per worker; else this session's."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"shared-{name}"
+    path.mkdir(exist_ok=True)
+    return path
+
 
 @pytest.fixture(scope="session", autouse=True)
 def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder of built ONNX embedders for the session and the servers it starts: built once, not per test."""
-    path = tmp_path_factory.mktemp("onnx")
+    """One folder of built ONNX embedders for the run and the servers it starts: built once, not per test."""
+    path = shared_dir(tmp_path_factory, "onnx")
     os.environ[settings.ONNX_DIR_ENV] = str(path)
     return path
 
@@ -81,7 +104,8 @@ def learning_benchmark(shared_benchmark: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def embedding_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("embcache")
+    """The run's embedding cache (SQLite in WAL mode: the workers of ``pytest -n N`` share it)."""
+    return shared_dir(tmp_path_factory, "embcache")
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +116,10 @@ def minilm() -> SentenceTransformerEmbedder:
 
 @pytest.fixture(scope="session")
 def onnx_minilm(onnx_dir: Path) -> OnnxEmbedder:
-    """The default encoder: the packaged MiniLM on ONNX Runtime, exported once into the session's ONNX folder."""
-    return OnnxEmbedder(threads=1)
+    """The default encoder: the packaged MiniLM on ONNX Runtime, exported once into the run's ONNX folder (one
+    worker exports while the others wait)."""
+    with FileLock(onnx_dir / "export.lock"):
+        return OnnxEmbedder(threads=1)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router_ml.embed import CachedEmbedder, EmbedderSpec, EmbeddingCache, Matrix, default_model_path
+from router_ml.embed import CachedEmbedder, EmbedderSpec, EmbeddingCache, Matrix, MemoryCache, default_model_path
 from router_ml.torch_embed import SentenceTransformerEmbedder, torch_threads
 
 
@@ -52,12 +52,29 @@ def test_cache_embeds_each_text_once_and_persists(minilm: SentenceTransformerEmb
     assert sorted(counting.seen) == ["alpha question", "beta question", "gamma question"]
     assert np.array_equal(first[0], first[2])
     counting.seen.clear()
-    reopened = CachedEmbedder(counting, EmbeddingCache(tmp_path / "c.sqlite"))
-    again = reopened.encode(texts)
+    store = EmbeddingCache(tmp_path / "c.sqlite")
+    again = CachedEmbedder(counting, store).encode(texts)
     assert counting.seen == []
     assert np.array_equal(first, again)
-    assert reopened.cache.count(minilm.name) == 3
+    assert store.count(minilm.name) == 3
     assert np.allclose(first, minilm.encode(texts), atol=1e-6)
+
+
+def test_memory_cache_embeds_a_repeat_once_and_keeps_only_the_most_recent(
+    minilm: SentenceTransformerEmbedder,
+) -> None:
+    counting = CountingEmbedder(minilm)
+    two = 2 * (16 + 4 * minilm.dim)  # room for two vectors and their keys
+    memo = CachedEmbedder(counting, MemoryCache(two))
+    first = memo.encode(["alpha question", "beta question", "alpha question"])
+    assert sorted(counting.seen) == ["alpha question", "beta question"]
+    counting.seen.clear()
+    assert np.array_equal(memo.encode(["beta question"])[0], first[1]) and counting.seen == []
+    memo.encode(["gamma question"])  # beta was used last: alpha, the least recently used, leaves
+    counting.seen.clear()
+    memo.encode(["alpha question", "gamma question", "beta question"])
+    assert counting.seen == ["alpha question"]
+    assert np.allclose(first, minilm.encode(["alpha question", "beta question", "alpha question"]), atol=1e-6)
 
 
 def test_other_local_model_by_path_and_truncation(tmp_path: Path) -> None:

@@ -336,7 +336,7 @@ def test_reward_model_validation() -> None:
 
 # -- coverage against exact replay on the real benchmark ---------------------------------------------
 N_SEEDS = 40
-N_EVENTS = 3000
+N_EVENTS = 1500
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ NAMES = ["counterfactual_savings.ipynb", "policy_versions.ipynb", "day_one.ipynb
 
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_without_outputs_and_parameterised(name: str) -> None:
-    nb = nbformat.read(  # type: ignore[no-untyped-call]
+    nb = nbformat.read(
         NOTEBOOKS / name, as_version=4
     )
     nbformat.validate(nb)
@@ -56,7 +56,7 @@ def _execute(name: str, out: Path, parameters: dict[str, object]) -> nbformat.No
         cwd=str(NOTEBOOKS),
         progress_bar=False,
     )
-    nb = nbformat.read(  # type: ignore[no-untyped-call]
+    nb = nbformat.read(
         out, as_version=4
     )
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]

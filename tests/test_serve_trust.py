@@ -281,13 +281,13 @@ def test_schemathesis_finds_no_5xx_on_any_operation(server: Server) -> None:
     """Cases generated from the served OpenAPI spec, a bounded number per operation, sent with a tenant's key."""
     spec = httpx.get(f"{server.url}/openapi.json", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
     results = schemathesis.openapi.from_dict(spec).get_all_operations()
-    operations = [result.ok() for result in results]  # type: ignore[union-attr]
+    operations = [result.ok() for result in results]
     assert {op.path for op in operations} >= {"/v1/route", "/v1/feedback", "/v1/chat/completions", "/readyz"}
     for operation in operations:
 
         @given(case=operation.as_strategy())
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def no_5xx(case: schemathesis.Case) -> None:  # type: ignore[type-arg]
+        def no_5xx(case: schemathesis.Case) -> None:
             case.call_and_validate(
                 base_url=server.url, headers={"authorization": f"Bearer {API_KEY}"}, checks=[not_a_server_error]
             )
