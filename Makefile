@@ -18,7 +18,9 @@ $(STAMP):
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel. A looser pin would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,scale]"
+	# setuptools tells every editable install, in a banner, that a folder named like the package shadows it; that is
+	# the point of an editable install, so the notice is filtered out
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[dev,scale]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -190,10 +190,12 @@ def _on_ray(
         share = min(1.0, max(LIGHT_CPU, (cpus - READ_RESERVE) / pool))  # a reservation: threads are set apart
         ray.data.DataContext.get_current().enable_progress_bars = False  # the one bar is this module's
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        data = ray.data.read_parquet([str(p.resolve()) for p in paths], columns=["prompt"], num_cpus=LIGHT_CPU)
+        files = [str(p.resolve()) for p in paths]
+        data = ray.data.read_parquet(files, num_cpus=LIGHT_CPU).select_columns(["prompt"])
         keep = _keep_unknown(ray.put(cache.keys(name)))
         unknown = data.map_batches(keep, batch_format="numpy", num_cpus=LIGHT_CPU)
-        # a file is one block, and one block goes to one actor: split the work so that every actor has some
+        # a file is one block, and one block goes to one actor: split the work so that every actor has some. Ray Data
+        # restarts a killed actor and retries its batch (an actor pool's default: max_restarts and max_task_retries -1)
         vectors = unknown.repartition(pool * 4).map_batches(
             _Embed,
             fn_constructor_args=(spec, threads),
@@ -201,8 +203,6 @@ def _on_ray(
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=share,
-            max_restarts=-1,
-            max_task_retries=-1,
         )
         _write(cache, name, vectors.iter_batches(batch_size=256, batch_format="numpy"), progress)
         return name, f"ray ({pool} workers)", before
