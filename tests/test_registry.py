@@ -43,7 +43,10 @@ def test_register_promote_and_load_by_alias(
     with warnings.catch_warnings(record=True) as logged:
         warnings.simplefilter("always")
         v1 = reg.log_version(trained, params={"data_path": "a"}, metrics={"n_events": 600.0}, tags={"source": "batch"})
-    v2 = reg.log_version(trained, params={"data_path": "b"}, metrics={"n_events": 600.0})
+    base = "file:/a folder/it's"  # a policy folder's path may hold a quote
+    v2 = reg.log_version(
+        trained, params={"data_path": "b"}, metrics={"n_events": 600.0}, tags={"source": "online", "base": base}
+    )
     assert (v1.version, v2.version) == ("1", "2")
     assert (tmp_path / "mlartifacts").is_dir(), "artifacts live beside the local store"
     run = mlflow.MlflowClient(reg.tracking_uri).get_run(v1.run_id)
@@ -60,6 +63,10 @@ def test_register_promote_and_load_by_alias(
     reg.promote("1")
     assert reg.resolve("champion").version == "1"
     assert [v.version for v in reg.versions()] == ["2", "1"]
+    # the newest version with every tag asked for, found by one search
+    assert reg.newest({"source": "batch"}) == reg.resolve("1")
+    assert reg.newest({"source": "online", "base": base}) == reg.resolve("2")
+    assert reg.newest({"source": "batch", "base": base}) is None
 
     loaded, info = reg.load("champion")
     assert info.version == "1"
