@@ -18,14 +18,17 @@ and ``ADMIN_KEY`` an admin key.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import mlflow
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -147,9 +151,41 @@ class FakeUpstream(LoopbackServer):
         super().__init__(app, "fake upstream")
 
 
+_EMPTY_STORE: Path | None = None
+_EMPTY_STORE_LOCK = threading.Lock()
+
+
+def sqlite_store(folder: Path) -> str:
+    """The local MLflow store at ``folder/mlflow.db`` (where ``router-ml`` puts its default store), made empty if
+    there is none; returns its tracking URI. A new store is a copy of one empty store MLflow made in this process:
+    MLflow's schema migrations cost ~1 s of CPU per new store, and the suite makes dozens."""
+    global _EMPTY_STORE
+    target = folder / "mlflow.db"
+    with _EMPTY_STORE_LOCK:
+        if _EMPTY_STORE is None:
+            made = Path(tempfile.mkdtemp(prefix="router-ml-empty-store-")) / "mlflow.db"
+            mlflow.MlflowClient(f"sqlite:///{made}").search_experiments()  # creates and migrates the schema
+            atexit.register(shutil.rmtree, made.parent, True)
+            _EMPTY_STORE = made
+        if not target.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(_EMPTY_STORE)) as empty, contextlib.closing(
+                sqlite3.connect(target)
+            ) as new:
+                empty.backup(new)  # a consistent copy, whatever MLflow still holds open on the original
+    return f"sqlite:///{target}"
+
+
+def registered(folder: Path) -> list[str]:
+    """The versions in the local store at ``folder/mlflow.db``, newest first; none when there is no store (opening
+    one to look would make it)."""
+    store = folder / "mlflow.db"
+    return [v.version for v in PolicyRegistry(f"sqlite:///{store}").versions()] if store.exists() else []
+
+
 def champion(home: Path, artifact: PolicyArtifact) -> tuple[str, PolicyRegistry]:
     """A fresh MLflow store under ``home`` holding ``artifact`` as version 1, the champion; returns its URI too."""
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = sqlite_store(home)
     registry = PolicyRegistry(uri)
     registry.log_version(artifact, params={"lam": 0.05}, metrics={})
     registry.promote("1")

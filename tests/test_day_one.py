@@ -26,7 +26,17 @@ from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.policy import PolicyConfig
 from router_ml.registry import PolicyRegistry
-from tests.servekit import ADMIN_KEY, MODELS, FakeUpstream, ServerProcess, client, wait_until, write_config
+from tests.servekit import (
+    ADMIN_KEY,
+    MODELS,
+    FakeUpstream,
+    ServerProcess,
+    client,
+    registered,
+    sqlite_store,
+    wait_until,
+    write_config,
+)
 from training.day_one import day_one_policy
 
 DEFAULT = "llama-3.1-8b-instruct"
@@ -87,7 +97,7 @@ def test_a_bad_catalog_is_one_line_naming_the_field(
     assert main(["init", "--catalog", str(path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and field in err, err
-    assert not PolicyRegistry().versions(), "nothing is registered"
+    assert registered(home) == [], "nothing is registered"
 
 
 # -- the prior on a real VW policy ----------------------------------------------------------------
@@ -167,7 +177,7 @@ def day_one(
     stream of 2,000 requests routed over HTTP by 4 clients, each graded by the benchmark with its cost."""
     home = tmp_path_factory.mktemp("dayone")
     (home / "embeddings.sqlite").symlink_to(embedding_cache_dir / "embeddings.sqlite")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = sqlite_store(home)
     mp = pytest.MonkeyPatch()
     mp.setenv(settings.HOME_ENV, str(home))
     try:

@@ -21,6 +21,7 @@ from router_ml.learn import train_policy
 from router_ml.policy import PolicyConfig
 from router_ml.registry import PolicyRegistry, RegistryError, load_policy
 from router_ml.simulate import simulate
+from tests.servekit import sqlite_store
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_register_promote_and_load_by_alias(
     small_benchmark: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    reg = PolicyRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    reg = PolicyRegistry(sqlite_store(tmp_path))
     with warnings.catch_warnings(record=True) as logged:
         warnings.simplefilter("always")
         v1 = reg.log_version(trained, params={"data_path": "a"}, metrics={"n_events": 600.0}, tags={"source": "batch"})
@@ -94,7 +95,7 @@ def test_register_promote_and_load_by_alias(
 def test_a_failed_run_leaves_no_version(
     tmp_path: Path, trained: PolicyArtifact, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reg = PolicyRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    reg = PolicyRegistry(sqlite_store(tmp_path))
 
     def broken(self: PolicyArtifact, path: object) -> None:
         raise OSError("disk full")

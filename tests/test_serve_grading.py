@@ -42,6 +42,7 @@ from tests.servekit import (
     ServerProcess,
     champion,
     client,
+    sqlite_store,
     wait_until,
     write_config,
 )
@@ -322,7 +323,7 @@ def _learn_from_stream(
 ) -> tuple[int, list[float]]:
     """A day-one policy served with grading at ``rate`` (a judge wrong 10% of the time) over ``stream.prompts[rows]``;
     the number of grades, and the replayed held-out quality of the init version and of each online snapshot."""
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = sqlite_store(home)
     catalog = home / "catalog.toml"
     full = Catalog.load(settings.default_catalog())
     Catalog(tuple(full.spec(m) for m in MODELS)).save(catalog)
