@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from typing import Any, Self
 
 import httpx
 import mlflow
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -46,6 +48,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from router_ml.artifacts import PolicyArtifact
+from router_ml.cli import main
 from router_ml.registry import PolicyRegistry
 from serve.app import create_app
 from serve.config import ServeConfig
@@ -302,8 +305,6 @@ class InProcessServer(Server):
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 60.0) -> InProcessServer:
-        import pytest
-
         with pytest.MonkeyPatch.context() as patch:  # the service reads its variables while it is built
             for name, value in self.environment().items():
                 patch.setenv(name, value)
@@ -318,6 +319,21 @@ class InProcessServer(Server):
                 raise RuntimeError("the in-process server did not start")
             time.sleep(0.02)
         return self
+
+    def fails_to_start(self, role: str = "all") -> tuple[int, str]:
+        """``router-ml serve`` (through the CLI's entry point, in this process) on a config it must refuse before it
+        serves: the exit status and standard error. A service that does start fails the test at once."""
+
+        def serving(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the service started")
+
+        err = io.StringIO()
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(err):
+            for name, value in self.environment().items():
+                patch.setenv(name, value)
+            patch.setattr(uvicorn, "run", serving)
+            code = main(["serve", "--config", str(self.config), "--port", str(self.port), "--role", role])
+        return code, err.getvalue()
 
     def _stop(self) -> None:
         """A graceful stop: the app's shutdown closes the service (learner, log, upstream connections)."""

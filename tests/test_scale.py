@@ -29,7 +29,7 @@ from router_ml.registry import PolicyRegistry
 from serve.learner import newest_snapshot
 from tests.mlflowkit import mlflow_server
 from tests.pgkit import PASSWORD, PostgresServer, postgres
-from tests.servekit import API_KEY, MODELS, FakeUpstream, ServerProcess, client, write_config
+from tests.servekit import API_KEY, MODELS, FakeUpstream, InProcessServer, ServerProcess, client, write_config
 from tests.test_learner_no_loss import learned_state, replayed
 
 LEARNING = "[learning]\nsnapshot_every_updates = 40\nsnapshot_every_seconds = 2.0\nreload_poll_seconds = 1.0\n"
@@ -190,7 +190,7 @@ def test_replicas_and_one_learner_lose_nothing_through_kill_9_and_learn_every_gr
         # a second learner, or an all-in-one service, on the same log refuses to start
         code, err = cluster.learner("second").fails_to_start()
         assert code == 2 and "another learner" in err
-        code, err = ServerProcess(cluster.config, cluster.home / "r0", cluster.tracking_uri).fails_to_start()
+        code, err = InProcessServer(cluster.config, cluster.home / "r0", cluster.tracking_uri).fails_to_start()
         assert code == 2 and "--role router" in err
 
         # kill -9 of a replica mid-load, then of the learner: nothing acknowledged is lost, every grade learned once
@@ -215,7 +215,7 @@ def test_replicas_and_one_learner_lose_nothing_through_kill_9_and_learn_every_gr
 def test_an_unreachable_database_is_one_line_without_the_password(cluster: Cluster) -> None:
     broken = cluster.config.read_text().replace(cluster.log_url.rsplit("@", 1)[1], "127.0.0.1:1/nowhere")
     (cluster.home / "broken.toml").write_text(broken)
-    code, err = ServerProcess(cluster.home / "broken.toml", cluster.home, cluster.tracking_uri).fails_to_start()
+    code, err = InProcessServer(cluster.home / "broken.toml", cluster.home, cluster.tracking_uri).fails_to_start()
     assert code == 2 and "127.0.0.1:1/nowhere" in err and PASSWORD not in err
     assert len(err.strip().splitlines()) == 1
 

@@ -19,7 +19,6 @@ from tests.servekit import (
     FakeUpstream,
     InProcessServer,
     Server,
-    ServerProcess,
     champion,
     client,
     wait_until,
@@ -119,5 +118,5 @@ def test_a_bad_savings_or_target_section_is_one_line_naming_the_field(
         config = write_config(
             home / "serve.toml", home=home, upstream=upstream.url, models=dict.fromkeys(MODELS, "ok"), extra=extra
         )
-        code, err = ServerProcess(config, home, uri).fails_to_start()
+        code, err = InProcessServer(config, home, uri).fails_to_start()
         assert code == 2 and field in err, (extra, err)
