@@ -191,6 +191,20 @@ class PolicyRegistry:
         infos = [self._info(mv) for mv in found]
         return sorted(infos, key=lambda v: -int(v.version))
 
+    def newest(self, tags: dict[str, str]) -> VersionInfo | None:
+        """The newest version carrying every tag in ``tags``, or None. One search however many versions there are
+        (a replica asks this every few seconds)."""
+        clauses = [f"name = '{self.model_name}'"]
+        for key, value in tags.items():
+            quote = "'" if "'" not in value else '"'
+            if "`" in key or quote in value:
+                raise RegistryError(f"registry: cannot search for the tag {key!r} = {value!r}")
+            clauses.append(f"tags.`{key}` = {quote}{value}{quote}")
+        found = self._client.search_model_versions(
+            " AND ".join(clauses), max_results=1, order_by=["version_number DESC"]
+        )
+        return self._info(found[0]) if found else None
+
     def resolve(self, ref: str | PolicyRef) -> VersionInfo:
         """A version from ``"3"``, ``"champion"`` (an alias) or ``"models:/name@alias"`` / ``"models:/name/3"``."""
         from mlflow.exceptions import MlflowException

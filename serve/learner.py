@@ -460,12 +460,7 @@ def _memo_bytes(decision_id: str, embedded: Embedded) -> int:
 
 def newest_snapshot(registry: PolicyRegistry, base: str, decision_log: DecisionLog) -> VersionInfo | None:
     """The newest online snapshot this log made of ``base`` (None if there is none yet)."""
-    mine = [
-        v
-        for v in registry.versions()
-        if v.tags.get(mlflow_schema.TAG_LOG) == decision_log.log_id and v.tags.get(mlflow_schema.TAG_BASE) == base
-    ]
-    return max(mine, key=lambda v: int(v.version)) if mine else None
+    return registry.newest({mlflow_schema.TAG_LOG: decision_log.log_id, mlflow_schema.TAG_BASE: base})
 
 
 def resolve_start(registry: PolicyRegistry, ref: PolicyRef, decision_log: DecisionLog) -> Loaded:

@@ -18,23 +18,29 @@ and ``ADMIN_KEY`` an admin key.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import mlflow
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,6 +48,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from router_ml.artifacts import PolicyArtifact
+from router_ml.cli import main
 from router_ml.registry import PolicyRegistry
 from serve.app import create_app
 from serve.config import ServeConfig
@@ -147,9 +154,41 @@ class FakeUpstream(LoopbackServer):
         super().__init__(app, "fake upstream")
 
 
+_EMPTY_STORE: Path | None = None
+_EMPTY_STORE_LOCK = threading.Lock()
+
+
+def sqlite_store(folder: Path) -> str:
+    """The local MLflow store at ``folder/mlflow.db`` (where ``router-ml`` puts its default store), made empty if
+    there is none; returns its tracking URI. A new store is a copy of one empty store MLflow made in this process:
+    MLflow's schema migrations cost ~1 s of CPU per new store, and the suite makes dozens."""
+    global _EMPTY_STORE
+    target = folder / "mlflow.db"
+    with _EMPTY_STORE_LOCK:
+        if _EMPTY_STORE is None:
+            made = Path(tempfile.mkdtemp(prefix="router-ml-empty-store-")) / "mlflow.db"
+            mlflow.MlflowClient(f"sqlite:///{made}").search_experiments()  # creates and migrates the schema
+            atexit.register(shutil.rmtree, made.parent, True)
+            _EMPTY_STORE = made
+        if not target.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(_EMPTY_STORE)) as empty, contextlib.closing(
+                sqlite3.connect(target)
+            ) as new:
+                empty.backup(new)  # a consistent copy, whatever MLflow still holds open on the original
+    return f"sqlite:///{target}"
+
+
+def registered(folder: Path) -> list[str]:
+    """The versions in the local store at ``folder/mlflow.db``, newest first; none when there is no store (opening
+    one to look would make it)."""
+    store = folder / "mlflow.db"
+    return [v.version for v in PolicyRegistry(f"sqlite:///{store}").versions()] if store.exists() else []
+
+
 def champion(home: Path, artifact: PolicyArtifact) -> tuple[str, PolicyRegistry]:
     """A fresh MLflow store under ``home`` holding ``artifact`` as version 1, the champion; returns its URI too."""
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = sqlite_store(home)
     registry = PolicyRegistry(uri)
     registry.log_version(artifact, params={"lam": 0.05}, metrics={})
     registry.promote("1")
@@ -207,6 +246,7 @@ class Server:
         self.log = Path(tomllib.loads(config.read_text(encoding="utf-8"))["log"].get("path", ""))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self._http: httpx.Client | None = None
 
     def environment(self) -> dict[str, str]:
         """The variables the service reads: its home, the MLflow store, the keys of each tenant and the admin's."""
@@ -220,8 +260,39 @@ class Server:
             **self.env,
         }
 
+    def get(self, path: str, key: str | None = None) -> httpx.Response:
+        """GET ``path``, as ``key``'s bearer when given, through this server's one client (tests poll, and making
+        a client costs ~20 ms of CPU: its TLS context)."""
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.url, timeout=30.0)
+        return self._http.get(path, headers={"authorization": f"Bearer {key}"} if key else None)
+
+    def health(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.get("/healthz").json()
+        return found
+
+    def applied(self) -> int:
+        """The grades the service has learned (``/healthz``'s ``feedback_applied``)."""
+        return int(self.health()["feedback_applied"])
+
     def stop(self) -> None:
+        """Stop the service (the subclass's way) and close this kit's client."""
+        self._stop()
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def _stop(self) -> None:
         raise NotImplementedError
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "the condition") -> None:
+    """Poll ``condition`` every 0.1 s until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
 
 
 class InProcessServer(Server):
@@ -234,8 +305,6 @@ class InProcessServer(Server):
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 60.0) -> InProcessServer:
-        import pytest
-
         with pytest.MonkeyPatch.context() as patch:  # the service reads its variables while it is built
             for name, value in self.environment().items():
                 patch.setenv(name, value)
@@ -251,7 +320,22 @@ class InProcessServer(Server):
             time.sleep(0.02)
         return self
 
-    def stop(self) -> None:
+    def fails_to_start(self, role: str = "all") -> tuple[int, str]:
+        """``router-ml serve`` (through the CLI's entry point, in this process) on a config it must refuse before it
+        serves: the exit status and standard error. A service that does start fails the test at once."""
+
+        def serving(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the service started")
+
+        err = io.StringIO()
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(err):
+            for name, value in self.environment().items():
+                patch.setenv(name, value)
+            patch.setattr(uvicorn, "run", serving)
+            code = main(["serve", "--config", str(self.config), "--port", str(self.port), "--role", role])
+        return code, err.getvalue()
+
+    def _stop(self) -> None:
         """A graceful stop: the app's shutdown closes the service (learner, log, upstream connections)."""
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
@@ -295,15 +379,16 @@ class ServerProcess(Server):
         if self.command != "serve":
             return self
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(self.home / 'serve.err').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        with httpx.Client(timeout=1.0) as probe:  # one client: making one costs ~20 ms of CPU (its TLS context)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {(self.home / 'serve.err').read_text()[-3000:]}")
+                try:
+                    if probe.get(f"{self.url}/healthz").status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
         raise RuntimeError("server did not become healthy")
 
     def kill(self) -> None:
@@ -312,7 +397,7 @@ class ServerProcess(Server):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

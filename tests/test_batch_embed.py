@@ -1,44 +1,34 @@
 """Batch embedding into the on-disk cache, on a real local Ray (2 CPUs) and in this process.
 
 The vectors Ray's actors write must be the very ones the single-process encoder makes (cosine 1 within float
-tolerance), a second run must embed nothing, and a worker killed mid-run must neither lose the job nor leave a
-half-written entry.
+tolerance), a run must embed only the prompts the cache lacks, and a worker killed mid-run must neither lose the job
+nor leave a half-written entry. The Ray run is the scale-out deployment's embedding job as written in
+deploy/compose.yaml (its Parquet path swapped for the test files), through the CLI, starting its own local Ray.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import psutil
 import pytest
+import yaml
 
+from router_ml import settings
 from router_ml.batch_embed import embed_files
+from router_ml.cli import main
 from router_ml.embed import CachedEmbedder, EmbedderSpec, EmbeddingCache, text_key
 from router_ml.errors import InvalidInput, MissingInput
 
 pytest.importorskip("ray")
 N_PROMPTS = 120
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """One local Ray (2 CPUs) for the module's runs: `embed_files` joins a Ray already started in its process, and
-    starting one costs ~10 s. Starting a local Ray of its own is `router-ml embed`'s path, run by test_deploy."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+COMPOSE = Path(__file__).resolve().parents[1] / "deploy" / "compose.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -102,28 +92,43 @@ def _kill_one_actor(stop: threading.Event, killed: list[int]) -> None:
         stop.wait(0.1)
 
 
-def test_ray_fills_the_cache_right_though_a_worker_is_killed_and_a_second_run_embeds_nothing(
-    prompt_files: tuple[list[Path], list[str]], embedder: CachedEmbedder, tmp_path: Path, local_ray: None
+def _job(paths: list[Path]) -> list[str]:
+    """The deployment's embedding job (deploy/compose.yaml) on ``paths``, as ``router-ml`` arguments."""
+    command: list[str] = yaml.safe_load(COMPOSE.read_text())["services"]["jobs"]["command"]
+    assert command[0] == "router-ml" and command.count("/data/logs.parquet") == 1, command
+    at = command.index("/data/logs.parquet")
+    return [*command[1:at], *map(str, paths), *command[at + 1 :]]
+
+
+def test_the_deployed_job_on_ray_embeds_only_what_the_cache_lacks_though_a_worker_is_killed(
+    prompt_files: tuple[list[Path], list[str]],
+    embedder: CachedEmbedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     paths, prompts = prompt_files
-    cache_path = tmp_path / "embeddings.sqlite"
+    monkeypatch.setenv(settings.HOME_ENV, str(tmp_path))
+    known = prompts[::3]  # already in the cache: the job must not embed them again
+    cache = EmbeddingCache(settings.embedding_cache_path())
+    cache.put_many(embedder.name, [text_key(p) for p in known], embedder.encode(known))
+    cache.close()
     stop, killed = threading.Event(), list[int]()
     killer = threading.Thread(target=_kill_one_actor, args=(stop, killed), daemon=True)
     killer.start()
     try:
-        report = embed_files(paths, EmbedderSpec(), cache_path, threads=1, ray="auto", workers=2, progress=False)
+        # `--ray auto` starts a local Ray with this machine's cores; two actors whatever the machine
+        assert main([*_job(paths), "--workers", "2"]) == 0
     finally:
         stop.set()
         killer.join(timeout=10)
     assert killed, "no embedding actor was seen to kill"
-    assert report.engine == "ray (2 workers)" and report.embedder == embedder.name
+    out = capsys.readouterr().out
+    assert f"embedded {len(prompts) - len(known)} new prompts with {embedder.name} on ray (2 workers)" in out, out
+    assert f"the cache now holds {len(prompts)}" in out, out
     # Ray restarted the actor and retried its batch: every prompt is there once, each vector whole and the very one
     # the single-process encoder makes
-    assert report.embedded == len(prompts) == report.cached
-    _assert_same_vectors(_cached(cache_path, report.embedder, prompts), embedder.encode(prompts))
-
-    again = embed_files(paths, EmbedderSpec(), cache_path, threads=1, ray="auto", workers=2, progress=False)
-    assert again.embedded == 0 and again.cached == len(prompts)
+    _assert_same_vectors(_cached(settings.embedding_cache_path(), embedder.name, prompts), embedder.encode(prompts))
 
 
 def test_bad_input_is_one_clear_error(prompt_files: tuple[list[Path], list[str]], tmp_path: Path) -> None:

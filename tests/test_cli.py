@@ -16,6 +16,7 @@ from router_ml.cli import main
 from router_ml.cost_model import estimate_tokens
 from router_ml.embed import CachedEmbedder
 from router_ml.registry import PolicyRegistry
+from tests.servekit import registered
 
 SMALL_FEATURES = ["--clusters", "4,8"]
 
@@ -31,7 +32,7 @@ def test_simulate_train_promote_route(
     assert main(["train", "--logs", str(logs), *SMALL_FEATURES, "--lam", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "registered router-ml version 1" in out
-    assert (home / "mlflow.db").exists(), "the default store is project-local"
+    assert registered(home) == ["1"], "the default store is project-local"
     assert main(["promote", "1"]) == 0
     assert main(["versions"]) == 0
     assert "champion" in capsys.readouterr().out
@@ -81,7 +82,7 @@ def test_bad_logs_exit_2_with_the_column_named(
     assert main(["train", "--logs", str(logs), *SMALL_FEATURES]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and fragment in err
-    assert PolicyRegistry().versions() == [], "nothing was registered"
+    assert registered(home) == [], "nothing was registered"
 
 
 def test_unknown_version_and_missing_file(home: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

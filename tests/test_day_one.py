@@ -26,7 +26,17 @@ from router_ml.features import FeatureConfig
 from router_ml.fullinfo import FullInfo
 from router_ml.policy import PolicyConfig
 from router_ml.registry import PolicyRegistry
-from tests.servekit import ADMIN_KEY, MODELS, FakeUpstream, ServerProcess, client, write_config
+from tests.servekit import (
+    ADMIN_KEY,
+    MODELS,
+    FakeUpstream,
+    ServerProcess,
+    client,
+    registered,
+    sqlite_store,
+    wait_until,
+    write_config,
+)
 from training.day_one import day_one_policy
 
 DEFAULT = "llama-3.1-8b-instruct"
@@ -87,7 +97,7 @@ def test_a_bad_catalog_is_one_line_naming_the_field(
     assert main(["init", "--catalog", str(path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and field in err, err
-    assert not PolicyRegistry().versions(), "nothing is registered"
+    assert registered(home) == [], "nothing is registered"
 
 
 # -- the prior on a real VW policy ----------------------------------------------------------------
@@ -155,17 +165,6 @@ class DayOne:
     tops: list[float]
 
 
-def _wait_applied(server: ServerProcess, n: int, timeout: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if int(httpx.get(f"{server.url}/healthz").json()["feedback_applied"]) >= n:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the learner did not catch up")
-
-
 @pytest.fixture(scope="module")
 def day_one(
     tmp_path_factory: pytest.TempPathFactory,
@@ -178,7 +177,7 @@ def day_one(
     stream of 2,000 requests routed over HTTP by 4 clients, each graded by the benchmark with its cost."""
     home = tmp_path_factory.mktemp("dayone")
     (home / "embeddings.sqlite").symlink_to(embedding_cache_dir / "embeddings.sqlite")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = sqlite_store(home)
     mp = pytest.MonkeyPatch()
     mp.setenv(settings.HOME_ENV, str(home))
     try:
@@ -223,8 +222,8 @@ def day_one(
                 tops = list(pool.map(lambda i: one(clients[i % 4], int(rows[i])), range(STREAM)))
             for c in clients:
                 c.close()
-            _wait_applied(server, STREAM)
-            savings = httpx.get(f"{server.url}/v1/savings", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+            wait_until(lambda: server.applied() >= STREAM, what="the learner to catch up")
+            savings = server.get("/v1/savings", ADMIN_KEY).json()
         finally:
             server.stop()
         export = home / "served.parquet"
@@ -336,7 +335,7 @@ def test_a_catalog_that_gains_or_loses_a_model_keeps_what_was_learned(day_one: D
             seen = [c.post("/v1/route", json={"prompt": p}).json() for p in day_one.heldout.prompts[:20]]
         assert all(d["policy_version"] == made["grown"].version for d in seen)
         assert all(d["distribution"].get("mistral-7b-v0.2", 0) > 0 for d in seen), "the newcomer is explored"
-        s = httpx.get(f"{server.url}/v1/savings", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+        s = server.get("/v1/savings", ADMIN_KEY).json()
         assert s["day_one"]["trusted"] and json.dumps(s["day_one"]["default"]) == json.dumps(DEFAULT)
     finally:
         server.stop()

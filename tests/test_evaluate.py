@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from router_ml import settings
 from router_ml.artifacts import PolicyArtifact
 from router_ml.catalog import Catalog
 from router_ml.cli import main
@@ -35,6 +36,7 @@ from router_ml.policy import Policy, PolicyConfig
 from router_ml.registry import PolicyRegistry
 from router_ml.replay import replay_distribution
 from router_ml.simulate import simulate
+from tests.servekit import sqlite_store
 
 N_TRAIN = 2000
 N_EVAL = 2000
@@ -80,7 +82,8 @@ def last_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 def register(folder: Path) -> str:
     artifact = PolicyArtifact.load(folder)
-    return PolicyRegistry().log_version(artifact, params={"lam": artifact.policy.config.lam}, metrics={}).version
+    registry = PolicyRegistry(sqlite_store(settings.home()))  # the store `router-ml` uses in the test's home
+    return registry.log_version(artifact, params={"lam": artifact.policy.config.lam}, metrics={}).version
 
 
 def test_paired_difference_by_hand() -> None:

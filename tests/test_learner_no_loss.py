@@ -35,6 +35,7 @@ from router_ml.savings import LiveSavings
 from serve.config import LearningConfig
 from serve.learner import OnlineLearner, resolve_start
 from serve.metrics import Metrics
+from tests.servekit import sqlite_store
 
 
 class FlakyRegistry:
@@ -59,7 +60,7 @@ class FlakyRegistry:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, policy_artifact: PolicyArtifact) -> PolicyRegistry:
     """One MLflow store for every example (each example's own log id keeps its snapshots apart)."""
-    registry = PolicyRegistry(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+    registry = PolicyRegistry(sqlite_store(tmp_path_factory.mktemp("mlflow")))
     registry.log_version(policy_artifact, params={}, metrics={})
     return registry
 

@@ -23,6 +23,7 @@ from router_ml.policy import PolicyConfig
 from router_ml.registry import PolicyRegistry
 from router_ml.simulate import simulate
 from tests.conftest import slice_benchmark
+from tests.servekit import sqlite_store
 from training.evaluate import run_evaluate
 from training.pipelines import catalog_for_benchmark, run_train, write_parquet
 
@@ -105,7 +106,7 @@ def test_policy_versions_runs(notebook_benchmark: Path, home: Path, tmp_path: Pa
     train_logs, eval_logs = tmp_path / "train.parquet", tmp_path / "eval.parquet"
     write_parquet(simulate(table, 1500, seed=0), train_logs)
     write_parquet(simulate(table, 600, seed=1), eval_logs)
-    registry = PolicyRegistry()
+    registry = PolicyRegistry(sqlite_store(home))
     embedders = Embedders(cache_path=settings.embedding_cache_path())
     embedder = embedders.get(EmbedderSpec())
     kwargs = dict(catalog=catalog, features=FeatureConfig(clusters=(4, 8)), passes=1, embedder=embedder)

@@ -21,6 +21,7 @@ from router_ml.learn import train_policy
 from router_ml.policy import PolicyConfig
 from router_ml.registry import PolicyRegistry, RegistryError, load_policy
 from router_ml.simulate import simulate
+from tests.servekit import sqlite_store
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +40,14 @@ def test_register_promote_and_load_by_alias(
     small_benchmark: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    reg = PolicyRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    reg = PolicyRegistry(sqlite_store(tmp_path))
     with warnings.catch_warnings(record=True) as logged:
         warnings.simplefilter("always")
         v1 = reg.log_version(trained, params={"data_path": "a"}, metrics={"n_events": 600.0}, tags={"source": "batch"})
-    v2 = reg.log_version(trained, params={"data_path": "b"}, metrics={"n_events": 600.0})
+    base = "file:/a folder/it's"  # a policy folder's path may hold a quote
+    v2 = reg.log_version(
+        trained, params={"data_path": "b"}, metrics={"n_events": 600.0}, tags={"source": "online", "base": base}
+    )
     assert (v1.version, v2.version) == ("1", "2")
     assert (tmp_path / "mlartifacts").is_dir(), "artifacts live beside the local store"
     run = mlflow.MlflowClient(reg.tracking_uri).get_run(v1.run_id)
@@ -60,6 +64,10 @@ def test_register_promote_and_load_by_alias(
     reg.promote("1")
     assert reg.resolve("champion").version == "1"
     assert [v.version for v in reg.versions()] == ["2", "1"]
+    # the newest version with every tag asked for, found by one search
+    assert reg.newest({"source": "batch"}) == reg.resolve("1")
+    assert reg.newest({"source": "online", "base": base}) == reg.resolve("2")
+    assert reg.newest({"source": "batch", "base": base}) is None
 
     loaded, info = reg.load("champion")
     assert info.version == "1"
@@ -87,7 +95,7 @@ def test_register_promote_and_load_by_alias(
 def test_a_failed_run_leaves_no_version(
     tmp_path: Path, trained: PolicyArtifact, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reg = PolicyRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    reg = PolicyRegistry(sqlite_store(tmp_path))
 
     def broken(self: PolicyArtifact, path: object) -> None:
         raise OSError("disk full")

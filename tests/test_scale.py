@@ -29,7 +29,7 @@ from router_ml.registry import PolicyRegistry
 from serve.learner import newest_snapshot
 from tests.mlflowkit import mlflow_server
 from tests.pgkit import PASSWORD, PostgresServer, postgres
-from tests.servekit import API_KEY, MODELS, FakeUpstream, ServerProcess, write_config
+from tests.servekit import API_KEY, MODELS, FakeUpstream, InProcessServer, ServerProcess, client, write_config
 from tests.test_learner_no_loss import learned_state, replayed
 
 LEARNING = "[learning]\nsnapshot_every_updates = 40\nsnapshot_every_seconds = 2.0\nreload_poll_seconds = 1.0\n"
@@ -106,34 +106,27 @@ def load(
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
-        auth = {"authorization": f"Bearer {API_KEY}"}
-        for _ in range(per_client):
-            try:
-                r = httpx.post(
-                    f"{rng.choice(urls)}/v1/route", json={"prompt": rng.choice(prompts)}, headers=auth, timeout=30
-                )
-                if r.status_code != 200:
-                    continue
-                decision = r.json()["decision_id"]
-                with lock:
-                    routed.add(decision)
-                quality = float(rng.random() < 0.6)
-                f = httpx.post(
-                    f"{rng.choice(urls)}/v1/feedback",
-                    json={"decision_id": decision, "quality": quality},
-                    headers=auth,
-                    timeout=30,
-                )
-                if f.status_code == 202:
+        with httpx.Client(headers={"authorization": f"Bearer {API_KEY}"}, timeout=30) as http:
+            for _ in range(per_client):
+                try:
+                    r = http.post(f"{rng.choice(urls)}/v1/route", json={"prompt": rng.choice(prompts)})
+                    if r.status_code != 200:
+                        continue
+                    decision = r.json()["decision_id"]
                     with lock:
-                        graded.add(decision)
-                        due = then is not None and len(graded) >= at and not fired.is_set()
-                        if due:
-                            fired.set()
-                    if due and then is not None:
-                        then()
-            except httpx.HTTPError:
-                time.sleep(0.05)  # a replica went away: this client goes on with the others
+                        routed.add(decision)
+                    quality = float(rng.random() < 0.6)
+                    f = http.post(f"{rng.choice(urls)}/v1/feedback", json={"decision_id": decision, "quality": quality})
+                    if f.status_code == 202:
+                        with lock:
+                            graded.add(decision)
+                            due = then is not None and len(graded) >= at and not fired.is_set()
+                            if due:
+                                fired.set()
+                        if due and then is not None:
+                            then()
+                except httpx.HTTPError:
+                    time.sleep(0.05)  # a replica went away: this client goes on with the others
 
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
     for t in threads:
@@ -173,7 +166,7 @@ def settled(cluster: Cluster, replicas: list[ServerProcess], base: PolicyArtifac
         log.close()
     for replica in replicas:
         deadline = time.monotonic() + 60
-        while httpx.get(f"{replica.url}/healthz").json()["policy_version"] != snap.version:
+        while replica.health()["policy_version"] != snap.version:
             assert time.monotonic() < deadline, "a replica did not load the learner's newest snapshot"
             time.sleep(0.5)
 
@@ -197,7 +190,7 @@ def test_replicas_and_one_learner_lose_nothing_through_kill_9_and_learn_every_gr
         # a second learner, or an all-in-one service, on the same log refuses to start
         code, err = cluster.learner("second").fails_to_start()
         assert code == 2 and "another learner" in err
-        code, err = ServerProcess(cluster.config, cluster.home / "r0", cluster.tracking_uri).fails_to_start()
+        code, err = InProcessServer(cluster.config, cluster.home / "r0", cluster.tracking_uri).fails_to_start()
         assert code == 2 and "--role router" in err
 
         # kill -9 of a replica mid-load, then of the learner: nothing acknowledged is lost, every grade learned once
@@ -222,7 +215,7 @@ def test_replicas_and_one_learner_lose_nothing_through_kill_9_and_learn_every_gr
 def test_an_unreachable_database_is_one_line_without_the_password(cluster: Cluster) -> None:
     broken = cluster.config.read_text().replace(cluster.log_url.rsplit("@", 1)[1], "127.0.0.1:1/nowhere")
     (cluster.home / "broken.toml").write_text(broken)
-    code, err = ServerProcess(cluster.home / "broken.toml", cluster.home, cluster.tracking_uri).fails_to_start()
+    code, err = InProcessServer(cluster.home / "broken.toml", cluster.home, cluster.tracking_uri).fails_to_start()
     assert code == 2 and "127.0.0.1:1/nowhere" in err and PASSWORD not in err
     assert len(err.strip().splitlines()) == 1
 
@@ -238,23 +231,20 @@ def test_a_database_outage_is_503_and_the_replica_recovers_by_itself(cluster: Cl
             cluster.home / "outage.toml", cluster.home / "outage", cluster.tracking_uri, args=["--role", "router"]
         )
         (cluster.home / "outage").mkdir(exist_ok=True)
-        auth = {"authorization": f"Bearer {API_KEY}"}
         try:
             replica.start(timeout=240)
-            assert httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth).status_code == 200
-            pg.stop("immediate")
-            r = httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth, timeout=30)
-            assert r.status_code == 503 and PASSWORD not in r.text
-            assert httpx.get(f"{replica.url}/readyz", timeout=30).status_code == 503  # the pool waits its timeout
-            pg.restart()
-            deadline = time.monotonic() + 60
-            while (
-                httpx.post(f"{replica.url}/v1/route", json={"prompt": "hi"}, headers=auth, timeout=30).status_code
-                != 200
-            ):
-                assert time.monotonic() < deadline, "the replica did not recover"
-                time.sleep(1.0)
-            assert httpx.get(f"{replica.url}/readyz", timeout=30).status_code == 200
+            with client(replica) as route:
+                assert route.post("/v1/route", json={"prompt": "hi"}).status_code == 200
+                pg.stop("immediate")
+                r = route.post("/v1/route", json={"prompt": "hi"})
+                assert r.status_code == 503 and PASSWORD not in r.text
+                assert replica.get("/readyz").status_code == 503  # the pool waits its timeout
+                pg.restart()
+                deadline = time.monotonic() + 60
+                while route.post("/v1/route", json={"prompt": "hi"}).status_code != 200:
+                    assert time.monotonic() < deadline, "the replica did not recover"
+                    time.sleep(1.0)
+                assert replica.get("/readyz").status_code == 200
             log = DecisionLog(url)
             assert log.counts()["decisions"] >= 2, "every 200 had its decision logged"
             log.close()

@@ -32,6 +32,7 @@ from tests.servekit import (
     Server,
     champion,
     client,
+    wait_until,
     write_config,
 )
 
@@ -59,27 +60,9 @@ def prompts(small_benchmark: Path) -> list[str]:
     return FullInfo.from_benchmark(load_benchmark(small_benchmark)).prompts[:40]
 
 
-def health(server: Server) -> dict[str, object]:
-    data: dict[str, object] = httpx.get(f"{server.url}/healthz").json()
-    return data
-
-
-def wait_for(predicate: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
-def wait_applied(server: Server, n: int) -> None:
-    wait_for(lambda: health(server)["feedback_applied"] == n)
-
-
 def test_every_endpoint_but_healthz_needs_a_bearer_key(stack: tuple[Server, PolicyRegistry]) -> None:
     server, _ = stack
-    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert server.get("/healthz").status_code == 200
     calls = [
         ("POST", "/v1/route", {"prompt": "hi"}),
         ("POST", "/v1/feedback", {"decision_id": "x", "quality": 1}),
@@ -87,16 +70,18 @@ def test_every_endpoint_but_healthz_needs_a_bearer_key(stack: tuple[Server, Poli
         ("GET", "/v1/spend", None),
         ("GET", "/metrics", None),
     ]
-    for method, path, body in calls:
-        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {API_KEY}"}):
-            r = httpx.request(method, f"{server.url}{path}", json=body, headers=headers)
-            assert r.status_code == 401, (path, headers, r.status_code)
-            assert API_KEY not in r.text and "other-key" not in r.text
+    with httpx.Client(base_url=server.url) as anyone:
+        for method, path, body in calls:
+            for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {API_KEY}"}):
+                r = anyone.request(method, path, json=body, headers=headers)
+                assert r.status_code == 401, (path, headers, r.status_code)
+                assert API_KEY not in r.text and "other-key" not in r.text
     # the spec and the interactive docs are off by default, whatever the key
     for path in ("/docs", "/redoc", "/openapi.json"):
-        assert httpx.get(f"{server.url}{path}", headers={"authorization": f"Bearer {ADMIN_KEY}"}).status_code == 404
+        assert server.get(path, ADMIN_KEY).status_code == 404
     # the second configured key works too
-    r = httpx.post(f"{server.url}/v1/route", json={"prompt": "hi"}, headers={"authorization": "Bearer other-key"})
+    with client(server, "other-key") as other:
+        r = other.post("/v1/route", json={"prompt": "hi"})
     assert r.status_code == 200
 
 
@@ -104,7 +89,7 @@ def test_route_feedback_learns_online_and_snapshots_a_version(
     stack: tuple[Server, PolicyRegistry], prompts: list[str]
 ) -> None:
     server, registry = stack
-    start = int(health(server)["feedback_applied"])  # type: ignore[call-overload]
+    start = server.applied()
     with client(server) as c:
         decisions = []
         for p in prompts[:SNAPSHOT_EVERY]:
@@ -122,7 +107,7 @@ def test_route_feedback_learns_online_and_snapshots_a_version(
         for i, d in enumerate(decisions):
             r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "quality": float(i % 2)})
             assert r.status_code == 202, r.text
-        wait_applied(server, start + SNAPSHOT_EVERY)
+        wait_until(lambda: server.applied() == start + SNAPSHOT_EVERY, what="the grades learned")
         # refused feedback changes nothing
         assert c.post("/v1/feedback", json={"decision_id": "nope", "quality": 1}).status_code == 404
         r = c.post("/v1/feedback", json={"decision_id": decisions[0]["decision_id"], "quality": 1})
@@ -130,17 +115,15 @@ def test_route_feedback_learns_online_and_snapshots_a_version(
         r = c.post("/v1/feedback", json={"decision_id": decisions[0]["decision_id"], "quality": 1.5})
         assert r.status_code == 422 and "quality" in r.text
         time.sleep(0.5)
-        assert health(server)["feedback_applied"] == start + SNAPSHOT_EVERY
+        assert server.applied() == start + SNAPSHOT_EVERY
 
     # the learner registered a snapshot: tagged online, with its parent and the feedback it holds
-    def snapshotted() -> bool:
-        return any(v.tags.get("source") == "online" for v in registry.versions())
-
-    wait_for(snapshotted, timeout=60)
-    snap = next(v for v in registry.versions() if v.tags.get("source") == "online")
+    wait_until(lambda: registry.newest({"source": "online"}) is not None, what="an online snapshot")
+    snap = registry.newest({"source": "online"})
+    assert snap is not None
     assert snap.tags["parent_version"] == "1" and snap.tags["base_version"] == "1"
     assert int(snap.tags["feedback_seq"]) >= SNAPSHOT_EVERY
-    wait_for(lambda: str(health(server)["policy_version"]).split("+")[0] == snap.version)
+    wait_until(lambda: str(server.health()["policy_version"]).split("+")[0] == snap.version)
     # the snapshot is a loadable policy
     artifact, _ = registry.load(snap.version)
     assert artifact.policy.updates >= SNAPSHOT_EVERY
@@ -148,7 +131,7 @@ def test_route_feedback_learns_online_and_snapshots_a_version(
 
 def test_bad_input_gets_a_4xx_naming_the_field(stack: tuple[Server, PolicyRegistry]) -> None:
     server, _ = stack
-    before = health(server)
+    before = server.health()
     with client(server) as c:
         r = c.post("/v1/route", json={"prompt": "x", "candidates": ["no-such-model"]})
         assert r.status_code == 422 and "candidates" in r.text
@@ -162,7 +145,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(stack: tuple[Server, PolicyRegist
         assert r.status_code == 413
         r = c.post("/v1/feedback", json={"decision_id": "abc", "quality": "good"})
         assert r.status_code == 422 and "quality" in r.text
-    after = health(server)
+    after = server.health()
     assert after["feedback_applied"] == before["feedback_applied"]
 
 
@@ -243,7 +226,7 @@ def test_eight_clients_every_feedback_applied_exactly_once(
     stack: tuple[Server, PolicyRegistry], prompts: list[str]
 ) -> None:
     server, _ = stack
-    start = int(health(server)["feedback_applied"])  # type: ignore[call-overload]
+    start = server.applied()
     per_client = 130
 
     def work(k: int) -> int:
@@ -260,9 +243,9 @@ def test_eight_clients_every_feedback_applied_exactly_once(
 
     with ThreadPoolExecutor(8) as pool:
         assert sum(pool.map(work, range(8))) == 0
-    wait_applied(server, start + 8 * per_client)
+    wait_until(lambda: server.applied() == start + 8 * per_client, what="the grades learned")
     time.sleep(1.0)
-    assert health(server)["feedback_applied"] == start + 8 * per_client
+    assert server.applied() == start + 8 * per_client
 
 
 _json = st.recursive(
@@ -334,7 +317,7 @@ def test_hot_reload_when_the_champion_moves(
     server, registry = stack
     new = registry.log_version(policy_artifact, params={"lam": 0.05}, metrics={}, tags={"source": "batch"})
     registry.promote(new.version)
-    wait_for(lambda: str(health(server)["policy_version"]).split("+")[0] == new.version, timeout=60)
+    wait_until(lambda: str(server.health()["policy_version"]).split("+")[0] == new.version, timeout=60)
     with client(server) as c:
         assert c.post("/v1/route", json={"prompt": "after the reload"}).json()["policy_version"] == new.version
     with client(server, ADMIN_KEY) as c:

@@ -13,7 +13,7 @@ import contextlib
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +42,8 @@ from tests.servekit import (
     ServerProcess,
     champion,
     client,
+    sqlite_store,
+    wait_until,
     write_config,
 )
 
@@ -77,15 +79,6 @@ def _rows(server: Server, sql: str, args: tuple[object, ...] = ()) -> list[sqlit
 
 def _jobs(server: Server) -> dict[str, sqlite3.Row]:
     return {r["decision_id"]: r for r in _rows(server, "SELECT * FROM grade_jobs")}
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 60.0, what: str = "the grade jobs") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _settled(server: Server) -> bool:
@@ -131,7 +124,9 @@ def test_a_sample_of_answers_is_judged_through_the_feedback_path(
         with ThreadPoolExecutor(4) as pool:
             clients = [client(s) for _ in range(4)]
             ids = list(pool.map(lambda i: _chat(clients[i % 4], PROMPTS[i % len(PROMPTS)]), range(n)))
-        _wait(lambda: _settled(s) and len(_rows(s, "SELECT 1 FROM feedback")) == len(_jobs(s)))
+        wait_until(
+            lambda: _settled(s) and len(_rows(s, "SELECT 1 FROM feedback")) == len(_jobs(s)), what="the grade jobs"
+        )
         jobs = _jobs(s)
         assert set(jobs) <= set(ids)
         # the sampling rate holds within a binomial interval (4 standard deviations)
@@ -144,14 +139,13 @@ def test_a_sample_of_answers_is_judged_through_the_feedback_path(
             assert row["source"] == "judge" and row["grader"].startswith(f"judge:{JUDGE}:"), dict(row)
             prompt = row["prompt"].removeprefix("user: ")
             assert row["quality"] == judge.truth[(prompt_key(prompt), row["model"])]  # error rate 0: the truth
-        _wait(lambda: httpx.get(f"{s.url}/healthz").json()["feedback_applied"] == len(jobs), what="the learner")
+        wait_until(lambda: s.applied() == len(jobs), what="the learner")
 
-        admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-        spend = httpx.get(f"{s.url}/v1/spend", headers=admin).json()
+        spend = s.get("/v1/spend", ADMIN_KEY).json()
         assert spend["grading"]["total_usd"] == pytest.approx(_judged_cost(judge.judged))
         routed = sum(r["cost_usd"] for r in _rows(s, "SELECT cost_usd FROM decisions"))
         assert sum(spend["by_model"].values()) == pytest.approx(routed), "judging is not routed spend"
-        metrics = httpx.get(f"{s.url}/metrics", headers=admin).text
+        metrics = s.get("/metrics", ADMIN_KEY).text
         assert f'router_grade_jobs_total{{state="done"}} {float(len(jobs))}' in metrics
         assert "router_grading_spend_usd_total" in metrics
         assert answer_text(MODELS[0], PROMPTS[0]) not in metrics, "an answer reached /metrics"
@@ -170,13 +164,13 @@ def test_the_spend_cap_holds(home: Path, policy_artifact: PolicyArtifact, judge:
         c = client(s)
         for i in range(n):
             _chat(c, PROMPTS[i % len(PROMPTS)])
-        _wait(lambda: _settled(s))
+        wait_until(lambda: _settled(s), what="the grade jobs")
         jobs = _jobs(s).values()
         states = [r["state"] for r in jobs]
         assert len(states) == n, "every answer was drawn"
         assert states.count("done") > 0 and states.count("skipped") > 0, states
         assert {r["reason"] for r in jobs if r["state"] == "skipped"} == {"the judging spend cap"}
-        spent = httpx.get(f"{s.url}/v1/spend", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+        spent = s.get("/v1/spend", ADMIN_KEY).json()
         assert 0 < spent["grading"]["total_usd"] <= cap * n / 1000
 
 
@@ -187,7 +181,7 @@ def test_the_first_grade_wins(home: Path, policy_artifact: PolicyArtifact, judge
         c = client(s)
         judge.mode = "down"
         first = _chat(c, PROMPTS[0])
-        _wait(lambda: _jobs(s)[first]["attempts"] == 1, what="the first attempt")
+        wait_until(lambda: _jobs(s)[first]["attempts"] == 1, what="the first attempt")
         calls = judge.judged
         assert c.post("/v1/feedback", json={"decision_id": first, "thumbs": "up"}).status_code == 202
         job = _jobs(s)[first]
@@ -197,7 +191,7 @@ def test_the_first_grade_wins(home: Path, policy_artifact: PolicyArtifact, judge
 
         judge.mode = "ok"
         second = _chat(c, PROMPTS[1])
-        _wait(lambda: _jobs(s)[second]["state"] == "done")
+        wait_until(lambda: _jobs(s)[second]["state"] == "done", what="the grade jobs")
         late = c.post("/v1/feedback", json={"decision_id": second, "rating": 2})
         assert late.status_code == 409 and "already has feedback" in late.json()["detail"]
         assert judge.judged == calls + 1, "the superseded job was not judged again"
@@ -216,7 +210,7 @@ def test_a_failing_judge_fails_its_jobs_and_teaches_nothing(
     with _serving(home, policy_artifact, judge, _grader(sample_rate=1.0, max_attempts=2, backoff_seconds=0.1)) as s:
         c = client(s)
         ids = [_chat(c, PROMPTS[i]) for i in range(3)]
-        _wait(lambda: _settled(s) and len(_jobs(s)) == 3)
+        wait_until(lambda: _settled(s) and len(_jobs(s)) == 3, what="the grade jobs")
         jobs = _jobs(s)
         for decision_id in ids:
             job = jobs[decision_id]
@@ -226,9 +220,9 @@ def test_a_failing_judge_fails_its_jobs_and_teaches_nothing(
                 assert job["ended_at"] - job["created_at"] >= 1.0, "the Retry-After was not waited for"
         assert judge.judged == 6
         assert _rows(s, "SELECT * FROM feedback") == []
-        assert httpx.get(f"{s.url}/healthz").json()["feedback_applied"] == 0
+        assert s.applied() == 0
         garbage_cost = _judged_cost(6) if mode == "garbage" else 0.0  # an unparseable verdict is still paid for
-        spend = httpx.get(f"{s.url}/v1/spend", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+        spend = s.get("/v1/spend", ADMIN_KEY).json()
         assert spend["grading"]["total_usd"] == pytest.approx(garbage_cost)
 
 
@@ -278,7 +272,7 @@ def test_reference_checks_grade_against_the_request_reference(
         right = _chat(c, PROMPTS[0], router_reference=answer_text(JUDGE, PROMPTS[0]).upper(), **only)
         wrong = _chat(c, PROMPTS[1], router_reference="something else", **only)
         missing = _chat(c, PROMPTS[2], **only)
-        _wait(lambda: _settled(s) and len(_jobs(s)) == 3)
+        wait_until(lambda: _settled(s) and len(_jobs(s)) == 3, what="the grade jobs")
         quality = {r["decision_id"]: (r["quality"], r["source"]) for r in _rows(s, "SELECT * FROM feedback")}
         assert quality == {right: (1.0, "check"), wrong: (0.0, "check")}
         job = _jobs(s)[missing]
@@ -300,7 +294,7 @@ def test_kill_9_with_jobs_pending_grades_each_once_after_restart(
     try:
         c = client(server)
         ids = [_chat(c, PROMPTS[i % len(PROMPTS)]) for i in range(n)]
-        _wait(lambda: len(_jobs(server)) == n and judge.judged >= n)
+        wait_until(lambda: len(_jobs(server)) == n and judge.judged >= n, what="the grade jobs")
         server.kill()
     finally:
         server.stop()
@@ -308,8 +302,8 @@ def test_kill_9_with_jobs_pending_grades_each_once_after_restart(
     judge.mode = "ok"
     restarted = ServerProcess(config, home, uri).start()
     try:
-        _wait(lambda: _settled(restarted))
-        _wait(lambda: httpx.get(f"{restarted.url}/healthz").json()["feedback_applied"] == n, what="the learner")
+        wait_until(lambda: _settled(restarted), what="the grade jobs")
+        wait_until(lambda: restarted.applied() == n, what="the learner")
     finally:
         restarted.stop()
     jobs = _jobs(restarted)
@@ -329,7 +323,7 @@ def _learn_from_stream(
 ) -> tuple[int, list[float]]:
     """A day-one policy served with grading at ``rate`` (a judge wrong 10% of the time) over ``stream.prompts[rows]``;
     the number of grades, and the replayed held-out quality of the init version and of each online snapshot."""
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = sqlite_store(home)
     catalog = home / "catalog.toml"
     full = Catalog.load(settings.default_catalog())
     Catalog(tuple(full.spec(m) for m in MODELS)).save(catalog)
@@ -346,9 +340,9 @@ def _learn_from_stream(
             clients = [client(server) for _ in range(4)]
             with ThreadPoolExecutor(4) as pool:
                 list(pool.map(lambda i: _chat(clients[i % 4], stream.prompts[int(rows[i])]), range(len(rows))))
-            _wait(lambda: _settled(server), timeout=120)
+            wait_until(lambda: _settled(server), timeout=120, what="the grade jobs")
             graded = len(_rows(server, "SELECT 1 FROM feedback"))
-            _wait(lambda: httpx.get(f"{server.url}/healthz").json()["feedback_applied"] == graded, what="the learner")
+            wait_until(lambda: server.applied() == graded, what="the learner")
         finally:
             server.stop()
     registry = PolicyRegistry(uri)

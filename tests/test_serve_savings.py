@@ -3,10 +3,8 @@ service in this process; its start-up refusals through `router-ml serve`)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -21,9 +19,9 @@ from tests.servekit import (
     FakeUpstream,
     InProcessServer,
     Server,
-    ServerProcess,
     champion,
     client,
+    wait_until,
     write_config,
 )
 
@@ -39,14 +37,10 @@ floor_every = 10
 
 
 def _savings(server: Server) -> dict[str, object]:
-    r = httpx.get(f"{server.url}/v1/savings", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    r = server.get("/v1/savings", ADMIN_KEY)
     assert r.status_code == 200, r.text
     data: dict[str, object] = r.json()
     return data
-
-
-def _applied(server: Server) -> int:
-    return int(httpx.get(f"{server.url}/healthz").json()["feedback_applied"])
 
 
 @pytest.mark.slow
@@ -80,9 +74,7 @@ def test_savings_floor_and_a_calibrated_mixture_over_http(
                 )
                 decisions.append(d)
             early = np.mean([d["distribution"].get(REFERENCE, 0.0) for d in decisions[:10]])
-            deadline = time.monotonic() + 60
-            while _applied(server) < len(decisions) and time.monotonic() < deadline:
-                time.sleep(0.2)
+            wait_until(lambda: server.applied() >= len(decisions), what="the grades learned")
             report = _savings(server)
             assert report["reference"] == REFERENCE and report["graded_decisions"] == len(decisions)
             router_q = np.mean([d["model"] == REFERENCE for d in decisions])
@@ -95,14 +87,12 @@ def test_savings_floor_and_a_calibrated_mixture_over_http(
             assert report["lambda"] < served.policy.config.lam  # type: ignore[operator]
             later = [c.post("/v1/route", json={"prompt": p}).json() for p in prompts[:30]]
             assert np.mean([d["distribution"].get(REFERENCE, 0.0) for d in later]) > early + 0.1
-            metrics = httpx.get(f"{server.url}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
+            metrics = server.get("/metrics", ADMIN_KEY).text
             assert 'router_savings{bound="high",figure="quality_diff"}' in metrics
             assert f"router_savings_graded {float(len(decisions))}" in metrics
             assert "router_quality_floor_factor" in metrics
             # a tenant's key may not read the operator's figures
-            assert (
-                httpx.get(f"{server.url}/v1/savings", headers={"authorization": f"Bearer {API_KEY}"}).status_code == 403
-            )
+            assert server.get("/v1/savings", API_KEY).status_code == 403
     finally:
         server.stop()
     # a restart rebuilds the estimate from the log: every grade counted once
@@ -128,5 +118,5 @@ def test_a_bad_savings_or_target_section_is_one_line_naming_the_field(
         config = write_config(
             home / "serve.toml", home=home, upstream=upstream.url, models=dict.fromkeys(MODELS, "ok"), extra=extra
         )
-        code, err = ServerProcess(config, home, uri).fails_to_start()
+        code, err = InProcessServer(config, home, uri).fails_to_start()
         assert code == 2 and field in err, (extra, err)
