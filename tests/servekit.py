@@ -260,12 +260,12 @@ class Server:
             **self.env,
         }
 
-    def get(self, path: str, key: str | None = None) -> httpx.Response:
+    def get(self, path: str, key: str | None = None, timeout: float = 30.0) -> httpx.Response:
         """GET ``path``, as ``key``'s bearer when given, through this server's one client (tests poll, and making
         a client costs ~20 ms of CPU: its TLS context)."""
         if self._http is None:
-            self._http = httpx.Client(base_url=self.url, timeout=30.0)
-        return self._http.get(path, headers={"authorization": f"Bearer {key}"} if key else None)
+            self._http = httpx.Client(base_url=self.url)
+        return self._http.get(path, headers={"authorization": f"Bearer {key}"} if key else None, timeout=timeout)
 
     def health(self) -> dict[str, Any]:
         found: dict[str, Any] = self.get("/healthz").json()
@@ -284,6 +284,14 @@ class Server:
 
     def _stop(self) -> None:
         raise NotImplementedError
+
+    @contextmanager
+    def _environment_set(self) -> Iterator[pytest.MonkeyPatch]:
+        """This process's environment as the service would see it, for as long as the block runs."""
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in self.environment().items():
+                patch.setenv(name, value)
+            yield patch
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "the condition") -> None:
@@ -305,9 +313,7 @@ class InProcessServer(Server):
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 60.0) -> InProcessServer:
-        with pytest.MonkeyPatch.context() as patch:  # the service reads its variables while it is built
-            for name, value in self.environment().items():
-                patch.setenv(name, value)
+        with self._environment_set():  # the service reads its variables while it is built
             app = create_app(build_service(ServeConfig.load(self.config)))
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
         self._server = uvicorn.Server(config)
@@ -320,7 +326,7 @@ class InProcessServer(Server):
             time.sleep(0.02)
         return self
 
-    def fails_to_start(self, role: str = "all") -> tuple[int, str]:
+    def fails_to_start(self) -> tuple[int, str]:
         """``router-ml serve`` (through the CLI's entry point, in this process) on a config it must refuse before it
         serves: the exit status and standard error. A service that does start fails the test at once."""
 
@@ -328,11 +334,9 @@ class InProcessServer(Server):
             raise AssertionError("the service started")
 
         err = io.StringIO()
-        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(err):
-            for name, value in self.environment().items():
-                patch.setenv(name, value)
+        with self._environment_set() as patch, contextlib.redirect_stderr(err):
             patch.setattr(uvicorn, "run", serving)
-            code = main(["serve", "--config", str(self.config), "--port", str(self.port), "--role", role])
+            code = main(["serve", "--config", str(self.config), "--port", str(self.port)])
         return code, err.getvalue()
 
     def _stop(self) -> None:
@@ -379,16 +383,15 @@ class ServerProcess(Server):
         if self.command != "serve":
             return self
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as probe:  # one client: making one costs ~20 ms of CPU (its TLS context)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {(self.home / 'serve.err').read_text()[-3000:]}")
-                try:
-                    if probe.get(f"{self.url}/healthz").status_code == 200:
-                        return self
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.home / 'serve.err').read_text()[-3000:]}")
+            try:
+                if self.get("/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
         raise RuntimeError("server did not become healthy")
 
     def kill(self) -> None:

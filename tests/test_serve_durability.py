@@ -77,7 +77,7 @@ def test_kill_9_during_feedback_load_loses_nothing_acknowledged(
 
         restarted = ServerProcess(config, home, uri).start()
         try:
-            health = httpx.get(f"{restarted.url}/healthz").json()
+            health = restarted.health()
             # the policy was rebuilt from version 1 plus every feedback in the log, exactly once each
             assert health["feedback_applied"] == len(done)
             assert health["policy_version"] == f"1+{len(done)}"

@@ -16,7 +16,6 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import httpx
 import pytest
 
 from router_ml.artifacts import PolicyArtifact
@@ -27,9 +26,6 @@ from tests.servekit import FakeUpstream, Server, ServerProcess, champion, client
 def server(hardened: Server) -> Server:
     return hardened
 
-
-def readiness(server: Server) -> httpx.Response:
-    return httpx.get(f"{server.url}/readyz", timeout=30)
 
 
 def assert_refused(server: Server, reason: str, graded: str) -> None:
@@ -42,18 +38,18 @@ def assert_refused(server: Server, reason: str, graded: str) -> None:
         assert graded_now.status_code == 503 and reason in graded_now.json()["detail"], graded_now.text
         chat = c.post("/v1/chat/completions", json={"model": "router", "messages": [{"role": "user", "content": "hi"}]})
         assert chat.status_code == 503 and reason in chat.json()["error"]["message"]
-    ready = readiness(server)
+    ready = server.get("/readyz")
     assert ready.status_code == 503 and reason in ready.json()["reason"]
-    health = httpx.get(f"{server.url}/healthz").json()
+    health = server.health()
     assert health["status"] == "degraded" and reason in health["fault"]
 
 
 def assert_recovered(server: Server, graded: str) -> None:
-    assert readiness(server).status_code == 200
+    assert server.get("/readyz").status_code == 200
     with client(server) as c:
         assert c.post("/v1/route", json={"prompt": "hello again"}).status_code == 200
         assert c.post("/v1/feedback", json={"decision_id": graded, "quality": 1.0}).status_code == 202
-    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    assert server.health()["status"] == "ok"
 
 
 def routed(server: Server) -> str:
